@@ -1,0 +1,32 @@
+"""Sinks: one destination each. The dispatcher hands them an event; they report what happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """What one delivery attempt did. The dispatcher decides retries and health from it."""
+
+    ok: bool
+    status: int | None = None  # HTTP status, when there was one
+    reason: str = ""  # one readable sentence when not ok; never holds a secret
+    retry_after: float | None = None  # seconds the destination asked us to wait
+    retryable: bool = True  # False: retrying cannot help (dead-letter now)
+    disable: bool = False  # True: the destination is gone (410, channel_not_found, ...)
+    response_excerpt: str = ""  # first 1 KB of the response body, for the attempt log
+    duration_ms: float = 0.0
+
+
+class Sink(Protocol):
+    """A destination for events. `deliver` never raises for destination failures."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def deliver(self, event: dict[str, Any], body: bytes) -> DeliveryResult: ...
+
+    async def close(self) -> None: ...
