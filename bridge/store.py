@@ -1,0 +1,279 @@
+"""Redis state of the bridge: job states, open jobs, the outbox, and the Lua that keeps them atomic.
+
+Keys of one store share the hash tag `{<store>}` so every script touches one cluster slot:
+  jb:{s}:jobs    hash    "<source>:<job id>" -> "status|version|seq|stalled"
+  jb:{s}:open    zset    non-terminal jobs, score = stall reference (ms since epoch)
+  jb:{s}:meta    hash    baseline:<source>, full_scan:<source>, count:<source>, ...
+  jb:{s}:events  stream  the outbox: one entry per event, consumer group `dispatch`
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bridge.events import build_event, event_id
+from bridge.jobs import Job, format_timestamp
+
+# Compare-and-set of one job's state; appends an event to the outbox when the status changed.
+OBSERVE = """
+local jobs_key = KEYS[1]
+local open_key = KEYS[2]
+local events_key = KEYS[3]
+local meta_key = KEYS[4]
+local member = ARGV[1]              -- "<source>:<job id>"
+local status = ARGV[2]
+local version = tonumber(ARGV[3])   -- updated_at in microseconds, 0 when unset
+local silent = ARGV[4] == "1"       -- baseline: record a job never seen before, no event
+local open_score = ARGV[5]          -- stall reference (ms) of an open job, "" once finished
+local event_id = ARGV[6]
+local observed_at = ARGV[7]
+local min_id = ARGV[8]              -- outbox entries older than this may be trimmed
+local store = ARGV[9]
+local source = ARGV[10]
+local job_json = ARGV[11]
+local extra_json = ARGV[12]
+
+local rank = {pending = 0, started = 1, success = 2, failed = 2, cancelled = 2}
+local stored = redis.call('HGET', jobs_key, member)
+local prev_status = ''
+local seq = 0
+if stored then
+  local s, v, q, t = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local stored_version = tonumber(v)
+  seq = tonumber(q)
+  if version < stored_version then
+    return {'stale', seq, s}
+  end
+  if s == status then
+    if version > stored_version then
+      redis.call('HSET', jobs_key, member, status .. '|' .. version .. '|' .. seq .. '|' .. t)
+    end
+    return {'unchanged', seq, s}
+  end
+  -- Jobs never move backwards. updated_at does not move when a job completes, so a late
+  -- read of an earlier status carries the same version: refuse it by the lifecycle order.
+  local old_rank = rank[s] or 0
+  local new_rank = rank[status] or 0
+  if new_rank < old_rank or (new_rank == old_rank and version == stored_version) then
+    return {'stale', seq, s}
+  end
+  prev_status = s
+else
+  redis.call('HINCRBY', meta_key, 'count:' .. source, 1)
+  if silent then
+    redis.call('HSET', jobs_key, member, status .. '|' .. version .. '|0|0')
+    if open_score ~= '' then
+      redis.call('ZADD', open_key, open_score, member)
+    end
+    return {'recorded', 0, ''}
+  end
+end
+
+seq = seq + 1
+redis.call('HSET', jobs_key, member, status .. '|' .. version .. '|' .. seq .. '|0')
+if open_score ~= '' then
+  redis.call('ZADD', open_key, open_score, member)
+else
+  redis.call('ZREM', open_key, member)
+end
+redis.call('XADD', events_key, 'MINID', '~', min_id, '*',
+  'id', event_id, 'store', store, 'source', source, 'status', status,
+  'prev', prev_status, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', extra_json)
+return {'emitted', seq, prev_status}
+"""
+
+# One `stalled` event for a job still in `expected` status; the flag resets on a status change.
+STALL = """
+local jobs_key = KEYS[1]
+local events_key = KEYS[2]
+local member = ARGV[1]
+local expected = ARGV[2]
+local event_id = ARGV[3]
+local observed_at = ARGV[4]
+local min_id = ARGV[5]
+local store = ARGV[6]
+local source = ARGV[7]
+local job_json = ARGV[8]
+
+local stored = redis.call('HGET', jobs_key, member)
+if not stored then
+  return {'unknown', 0}
+end
+local s, v, q, t = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+if s ~= expected or t == '1' then
+  return {'skipped', tonumber(q)}
+end
+local seq = tonumber(q) + 1
+redis.call('HSET', jobs_key, member, s .. '|' .. v .. '|' .. seq .. '|1')
+redis.call('XADD', events_key, 'MINID', '~', min_id, '*',
+  'id', event_id, 'store', store, 'source', source, 'status', 'stalled',
+  'prev', s, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', '{}')
+return {'emitted', seq}
+"""
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    status: str
+    version: int
+    sequence: int
+    stalled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One job as just read from the API, with what the event would carry."""
+
+    job: Job
+    silent: bool = False  # baseline: record a first sighting without an event
+    stall_reference_ms: int | None = None  # when the job's current open phase began
+    errors: Sequence[dict[str, Any]] = ()
+    file_locations: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: str  # emitted | recorded | unchanged | stale
+    sequence: int
+    previous_status: str | None
+
+
+def parse_state(raw: str | None) -> StoredState | None:
+    if raw is None:
+        return None
+    status, version, sequence, stalled = raw.split("|")
+    return StoredState(status, int(version), int(sequence), stalled == "1")
+
+
+def now_iso() -> str:
+    return format_timestamp(datetime.now(UTC)) or ""
+
+
+class Store:
+    """The Redis state of one Elastic Path store."""
+
+    def __init__(
+        self, redis: aioredis.Redis, name: str, *, outbox_retention: float = 7 * DAY
+    ) -> None:
+        self.redis = redis
+        self.name = name
+        self.outbox_retention = outbox_retention
+        prefix = f"jb:{{{name}}}"
+        self.jobs_key = f"{prefix}:jobs"
+        self.open_key = f"{prefix}:open"
+        self.meta_key = f"{prefix}:meta"
+        self.events_key = f"{prefix}:events"
+        self._observe = redis.register_script(OBSERVE)
+        self._stall = redis.register_script(STALL)
+
+    def _min_id(self) -> str:
+        return str(int((time.time() - self.outbox_retention) * 1000))
+
+    async def states(self, source: str, job_ids: Sequence[str]) -> list[StoredState | None]:
+        """The stored state of each job, in order (None for never seen)."""
+        if not job_ids:
+            return []
+        raw = await self.redis.hmget(self.jobs_key, [f"{source}:{i}" for i in job_ids])
+        return [parse_state(r) for r in raw]
+
+    async def observe(self, observations: Iterable[Observation]) -> list[Outcome]:
+        """Run the observe script for each observation, pipelined; each one is atomic."""
+        observations = list(observations)
+        if not observations:
+            return []
+        observed_at = now_iso()
+        min_id = self._min_id()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for obs in observations:
+                await self._observe(
+                    keys=[self.jobs_key, self.open_key, self.events_key, self.meta_key],
+                    args=self._observe_args(obs, observed_at, min_id),
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return [Outcome(str(r[0]), int(r[1]), str(r[2]) or None) for r in replies]
+
+    def _observe_args(self, obs: Observation, observed_at: str, min_id: str) -> list[Any]:
+        job = obs.job
+        open_score = "" if job.terminal else str(obs.stall_reference_ms or 0)
+        extra: dict[str, Any] = {}
+        if obs.errors:
+            extra["errors"] = list(obs.errors)
+        if obs.file_locations:
+            extra["file_locations"] = list(obs.file_locations)
+        return [
+            f"{job.source}:{job.id}",
+            job.status,
+            job.version,
+            "1" if obs.silent else "0",
+            open_score,
+            event_id(self.name, job.source, job.id, job.status),
+            observed_at,
+            min_id,
+            self.name,
+            job.source,
+            json.dumps(job.to_dict(), separators=(",", ":")),
+            json.dumps(extra, separators=(",", ":")),
+        ]
+
+    async def mark_stalled(self, job: Job) -> bool:
+        """Emit one `stalled` event for a job still pending/started; False if already done."""
+        reply = await self._stall(
+            keys=[self.jobs_key, self.events_key],
+            args=[
+                f"{job.source}:{job.id}",
+                job.status,
+                event_id(self.name, job.source, job.id, f"stalled-{job.status}"),
+                now_iso(),
+                self._min_id(),
+                self.name,
+                job.source,
+                json.dumps(job.to_dict(), separators=(",", ":")),
+            ],
+        )
+        return reply[0] == "emitted"
+
+    async def open_jobs(self, source: str) -> dict[str, int]:
+        """Open jobs of one source: job id -> stall reference (ms)."""
+        prefix = f"{source}:"
+        members = await self.redis.zrange(self.open_key, 0, -1, withscores=True)
+        return {m[len(prefix) :]: int(score) for m, score in members if m.startswith(prefix)}
+
+    async def forget_open(self, source: str, job_id: str) -> None:
+        """A job the API no longer knows (404): stop watching it, keep its history."""
+        await self.redis.zrem(self.open_key, f"{source}:{job_id}")
+
+    async def get_meta(self, field: str) -> str | None:
+        return await self.redis.hget(self.meta_key, field)
+
+    async def set_meta(self, **fields: str | int | float) -> None:
+        await self.redis.hset(self.meta_key, mapping={k: str(v) for k, v in fields.items()})
+
+    async def known_count(self, source: str) -> int:
+        return int(await self.get_meta(f"count:{source}") or 0)
+
+
+def event_from_outbox(fields: dict[str, str]) -> dict[str, Any]:
+    """The CloudEvent of an outbox entry."""
+    extra = json.loads(fields.get("extra") or "{}")
+    return build_event(
+        id=fields["id"],
+        store=fields["store"],
+        source=fields["source"],
+        status=fields["status"],
+        previous_status=fields.get("prev") or None,
+        sequence=int(fields["seq"]),
+        time=fields["time"],
+        job=json.loads(fields["job"]),
+        errors=extra.get("errors"),
+        file_locations=extra.get("file_locations"),
+    )
