@@ -1,0 +1,235 @@
+"""Outbound HTTP for the HTTP sinks: pooled sessions and the private-address guard."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import aiohttp
+import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from bridge import __version__
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+USER_AGENT = f"jobs-bridge/{__version__} (+https://github.com/jobs-bridge)"
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+
+# Instance-metadata endpoints hand out cloud credentials: the classic SSRF prize, so they get
+# a reason of their own even where a broader rule (link-local, CGNAT, ULA) would refuse them.
+_METADATA = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, ...
+        "100.100.100.200",  # Alibaba Cloud
+        "fd00:ec2::254",  # AWS over IPv6
+    )
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix
+_V4_RULES: tuple[tuple[ipaddress.IPv4Network, str], ...] = tuple(
+    (ipaddress.IPv4Network(net), reason)
+    for net, reason in (
+        ("0.0.0.0/8", "unspecified"),
+        ("127.0.0.0/8", "loopback"),
+        ("10.0.0.0/8", "private (RFC 1918)"),
+        ("172.16.0.0/12", "private (RFC 1918)"),
+        ("192.168.0.0/16", "private (RFC 1918)"),
+        ("169.254.0.0/16", "link-local"),
+        ("100.64.0.0/10", "carrier-grade NAT (100.64.0.0/10)"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),
+    )
+)
+_V6_RULES: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.IPv6Network(net), reason)
+    for net, reason in (
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("fe80::/10", "link-local"),
+        ("fc00::/7", "unique-local"),
+        ("ff00::/8", "multicast"),
+    )
+)
+
+
+class AddressRefused(aiohttp.ClientConnectionError):
+    """The guard refused a destination address; `reason` is one readable sentence.
+
+    Deliberately not an OSError: aiohttp wraps OSErrors raised while resolving into
+    ClientConnectorDNSError, which would bury the reason; a ClientError passes through as is.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class _SocketRefused(PermissionError):
+    """Raised by the socket factory; must be an OSError for aiohappyeyeballs to handle it."""
+
+
+def classify_address(ip: IPAddress) -> str | None:
+    """Why `ip` must not be a webhook destination, or None when it is a public address."""
+    if ip in _METADATA:
+        return "cloud metadata"
+    if isinstance(ip, ipaddress.IPv6Address):
+        scopeless = ipaddress.IPv6Address(int(ip))  # fe80::1%eth0 -> fe80::1
+        # An IPv6 address that carries an IPv4 one reaches that IPv4 host: judge the IPv4.
+        embedded = scopeless.ipv4_mapped or scopeless.sixtofour
+        if embedded is None and scopeless in _NAT64:
+            embedded = ipaddress.IPv4Address(int(scopeless) & 0xFFFFFFFF)
+        if embedded is not None:
+            return classify_address(embedded)
+        for net6, reason in _V6_RULES:
+            if scopeless in net6:
+                return reason
+        return None if scopeless.is_global else "reserved"
+    for net4, reason in _V4_RULES:
+        if ip in net4:
+            return reason
+    # Documentation, benchmarking and protocol ranges (192.0.2.0/24, 198.18.0.0/15, ...).
+    return None if ip.is_global else "reserved"
+
+
+def refusal(address: str, host: str | None = None) -> str | None:
+    """The guard's sentence for connecting to `address` (on behalf of `host`), or None."""
+    ip = ipaddress.ip_address(address)
+    why = classify_address(ip)
+    if why is None:
+        return None
+    shown = str(ip)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        shown = f"::ffff:{ip.ipv4_mapped}"  # Python 3.11 would print ::ffff:7f00:1
+    target = f" for host {host}" if host and host.strip("[]") != address else ""
+    return (
+        f"refused {shown} ({why}){target}: private networks are not allowed for this "
+        "subscription (allow_private_networks: false)"
+    )
+
+
+def _check_all(host: str, addresses: Iterable[str]) -> None:
+    # ANY bad answer refuses the lot: a name with one public and one private address would
+    # otherwise reach the private one whenever the public one fails (happy eyeballs).
+    for address in addresses:
+        reason = refusal(address, host)
+        if reason is not None:
+            raise AddressRefused(reason)
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves names with aiohttp's resolver and refuses non-public answers."""
+
+    def __init__(self, resolver: AbstractResolver | None = None) -> None:
+        self._resolver = resolver or aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        hosts = await self._resolver.resolve(host, port, family)
+        _check_all(host, (h["host"] for h in hosts))
+        return hosts
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def _guarded_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+    """aiohappyeyeballs socket factory: the last check, on the exact address about to be dialled."""
+    family, type_, proto, _, sockaddr = addr_info
+    reason = refusal(sockaddr[0])
+    if reason is not None:
+        raise _SocketRefused(errno.EACCES, reason)
+    return socket.socket(family=family, type=type_, proto=proto)
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """A TCPConnector that never dials a non-public address.
+
+    Three layers, because each alone has a gap:
+    - GuardedResolver checks DNS answers. But aiohttp does not call the resolver for IP
+      literals (http://10.0.0.1/), so a resolver alone is bypassed by the simplest URL.
+    - `_resolve_host` is the one place every connection gets its addresses from: literals,
+      fresh DNS answers and DNS-cache hits alike. Checking its result covers literals and
+      runs on every connection, so a rebinding name (public at config check, private at
+      delivery) is judged on the addresses actually used, before any socket exists.
+    - `_resolve_host` is private aiohttp API. The socket factory (public since aiohttp 3.12)
+      sees the very sockaddr that connect() is given, so even if a future aiohttp stops
+      routing through `_resolve_host`, no packet leaves for a refused address. This makes a
+      peer-address check after connect redundant: it could only see the same address, and
+      only after the SYN was sent.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(resolver=GuardedResolver(), socket_factory=_guarded_socket, **kwargs)
+
+    async def _resolve_host(
+        self, host: str, port: int, traces: Sequence[Any] | None = None
+    ) -> list[ResolveResult]:
+        hosts = await super()._resolve_host(host, port, traces=traces)
+        _check_all(host, (h["host"] for h in hosts))
+        return hosts
+
+    async def _create_connection(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Any],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109
+    ) -> Any:
+        try:
+            return await super()._create_connection(req, traces, timeout)
+        except aiohttp.ClientConnectorError as exc:
+            # The socket factory tripped: give callers the same error as the other layers.
+            if isinstance(exc.os_error, _SocketRefused):
+                raise AddressRefused(exc.os_error.strerror) from exc
+            raise
+
+
+def check_url(url: str) -> None:
+    """Raise ValueError unless `url` is an absolute http(s) URL with a host.
+
+    The URL itself stays out of the message: webhook URLs often carry a token.
+    """
+    try:
+        parsed = yarl.URL(url)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("is not a valid URL") from exc
+    if parsed.scheme not in ALLOWED_SCHEMES:
+        shown = f"'{parsed.scheme}'" if parsed.scheme else "none"
+        raise ValueError(f"only http and https URLs are accepted (scheme: {shown})")
+    if not parsed.host:
+        raise ValueError("URL has no host")
+
+
+def make_session(
+    *,
+    allow_private_networks: bool,
+    timeout: float,
+    user_agent: str | None = None,
+    limit: int = 100,
+) -> aiohttp.ClientSession:
+    """One pooled session for one HTTP destination, guarded unless private networks are allowed.
+
+    Callers pass `allow_redirects=False` on each request: a redirect must not turn into a
+    delivery somewhere else (the guard would still judge the new address).
+    """
+    connector: aiohttp.TCPConnector
+    if allow_private_networks:
+        connector = aiohttp.TCPConnector(limit=limit)
+    else:
+        connector = GuardedConnector(limit=limit)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        headers={"user-agent": user_agent or USER_AGENT},
+        # Receivers must not be able to plant state that rides along on later deliveries,
+        # and HTTP(S)_PROXY from the environment must not route around the guard.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+    )
