@@ -2,23 +2,56 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from bridge import __version__, logs
 
+T = TypeVar("T")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="jobs-bridge")
-@click.option("--log-level", default="info", show_default=True, help="debug, info, warning, error")
+@click.option("--log-level", default=None, help="debug, info, warning, error [default: info]")
 @click.option("--json-logs/--pretty-logs", default=None, help="Default: JSON unless a tty.")
 @click.pass_context
-def cli(ctx: click.Context, log_level: str, json_logs: bool | None) -> None:
+def cli(ctx: click.Context, log_level: str | None, json_logs: bool | None) -> None:
     """Watch Elastic Path jobs and push every status change to webhooks, Slack and queues."""
-    logs.setup(log_level, json_logs)
+    # The demo prints events; its log lines would drown them unless asked for.
+    quiet = ctx.invoked_subcommand == "demo"
+    logs.setup(log_level or ("warning" if quiet else "info"), json_logs)
     ctx.ensure_object(dict)
+
+
+def _load(config_path: Path) -> Any:
+    """The validated config, or every problem printed and exit 1."""
+    from bridge.config import ConfigError, load_config
+
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        click.echo(f"{config_path}: {len(exc.problems)} problem(s)", err=True)
+        sys.exit(1)
+
+
+def _with_redis(config: Any, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `action(redis)` against the bridge's Redis (the running embedded one, if any)."""
+    from bridge.app import connect_redis
+
+    async def main() -> T:
+        async with connect_redis(config) as redis:
+            return await action(redis)
+
+    return asyncio.run(main())
 
 
 config_option = click.option(
@@ -35,15 +68,7 @@ config_option = click.option(
 @config_option
 def check_config(config_path: Path) -> None:
     """Validate a config file: every problem with its path; exit 0 valid, 1 invalid."""
-    from bridge.config import ConfigError, load_config
-
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(problem, err=True)
-        click.echo(f"{config_path}: {len(exc.problems)} problem(s)", err=True)
-        sys.exit(1)
+    config = _load(config_path)
     click.echo(
         f"{config_path}: valid ({len(config.stores)} store(s), "
         f"{len(config.subscriptions)} subscription(s))"
@@ -60,6 +85,171 @@ def simulate(host: str, port: int, traffic: bool, rate: float) -> None:
     from bridge.simulator import serve
 
     serve(host=host, port=port, traffic_rate=rate if traffic else 0.0)
+
+
+@cli.command()
+@config_option
+@click.option("--seconds", type=float, default=None, help="Stop after N seconds.")
+def run(config_path: Path, seconds: float | None) -> None:
+    """Run the bridge: poll every store, deliver every event. SIGINT/SIGTERM stop cleanly."""
+    from bridge.app import MissingExtra, run_until_stopped
+
+    config = _load(config_path)
+    try:
+        asyncio.run(run_until_stopped(config, seconds))
+    except MissingExtra as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--seconds", type=float, default=None, help="Stop after N seconds (default: Ctrl-C).")
+@click.option("--rate", type=float, default=0.5, show_default=True, help="New jobs per second.")
+def demo(seconds: float | None, rate: float) -> None:
+    """Zero config: simulated Elastic Path -> bridge -> signed webhooks, printed as they arrive."""
+    from bridge.demo import run_demo
+
+    asyncio.run(run_demo(seconds, rate))
+
+
+@cli.group()
+def dlq() -> None:
+    """Dead letters: deliveries that ran out of retries or were refused."""
+
+
+@dlq.command("list")
+@config_option
+@click.option("--subscription", "-s", default=None, help="Only this subscription.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def dlq_list(config_path: Path, subscription: str | None, as_json: bool) -> None:
+    """List dead letters, oldest first."""
+    from bridge.deliveries import Deliveries
+
+    config = _load(config_path)
+    letters = _with_redis(config, lambda r: Deliveries(r).dead_letters(subscription))
+    for letter in letters:
+        if as_json:
+            click.echo(json.dumps({**letter.__dict__, "event": letter.event}))
+        else:
+            click.echo(
+                f"{letter.entry_id}  {letter.failed_at}  {letter.subscription}  "
+                f"{letter.event['type']}  {letter.event_id}  attempts={letter.attempts}  "
+                f"{letter.reason}"
+            )
+    if not as_json:
+        click.echo(f"{len(letters)} dead letter(s)", err=True)
+
+
+@dlq.command("replay")
+@config_option
+@click.option("--subscription", "-s", default=None, help="Only this subscription.")
+@click.option("--id", "entry_id", default=None, help="One dead letter (its id from `dlq list`).")
+@click.option("--all", "replay_all", is_flag=True, help="Every dead letter (of --subscription).")
+def dlq_replay(
+    config_path: Path, subscription: str | None, entry_id: str | None, replay_all: bool
+) -> None:
+    """Send dead letters again: they go back on the retry schedule, due now."""
+    from bridge.deliveries import Deliveries
+
+    if bool(entry_id) == replay_all:
+        raise click.UsageError("give exactly one of --id ID or --all")
+    config = _load(config_path)
+
+    async def action(redis: Any) -> int:
+        deliveries = Deliveries(redis)
+        return await deliveries.requeue(await deliveries.dead_letters(subscription, entry_id))
+
+    count = _with_redis(config, action)
+    click.echo(f"{count} dead letter(s) queued for delivery; the running bridge sends them now.")
+
+
+@cli.command()
+@config_option
+@click.option("--subscription", "-s", required=True, help="The subscription to send to.")
+@click.option("--since", required=True, help="How far back, e.g. 30m, 2h, 3d.")
+def replay(config_path: Path, subscription: str, since: str) -> None:
+    """Re-send events from the outbox history (kept for `outbox_retention`, default 7d)."""
+    from bridge.config import parse_duration
+    from bridge.dispatcher import replay_since
+
+    config = _load(config_path)
+    try:
+        seconds = parse_duration(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    sub = next((s for s in config.subscriptions if s.name == subscription), None)
+    if sub is None:
+        raise click.BadParameter(
+            f"no subscription named {subscription!r}", param_hint="--subscription"
+        )
+    count = _with_redis(config, lambda r: replay_since(r, config, sub, time.time() - seconds))
+    click.echo(f"{count} event(s) queued for {subscription}; the running bridge sends them now.")
+
+
+@cli.group()
+def subscriptions() -> None:
+    """Subscription health: list, and re-enable a disabled one."""
+
+
+@subscriptions.command("list")
+@config_option
+def subscriptions_list(config_path: Path) -> None:
+    """Each subscription: enabled or why it was disabled, last success and failure."""
+    from bridge.deliveries import Deliveries
+
+    config = _load(config_path)
+
+    async def action(redis: Any) -> list[tuple[Any, Any, int, int]]:
+        deliveries = Deliveries(redis)
+        rows = []
+        for sub in config.subscriptions:
+            health = await deliveries.health(sub.name)
+            retries = await deliveries.retry_count(sub.name)
+            dead = len(await deliveries.dead_letters(sub.name))
+            rows.append((sub, health, retries, dead))
+        return rows
+
+    for sub, health, retries, dead in _with_redis(config, action):
+        state = "enabled" if health.enabled else f"DISABLED ({health.disabled_reason})"
+        if not sub.enabled:
+            state = "off in config"
+        click.echo(
+            f"{sub.name:<20} {sub.type:<12} {state}  last ok: {_when(health.last_success_at)}  "
+            f"last failure: {_when(health.last_failure_at)}  retrying: {retries}  dead: {dead}"
+        )
+        if health.last_error and not health.enabled:
+            click.echo(f"{'':<20} last error: {health.last_error}")
+
+
+@subscriptions.command("enable")
+@config_option
+@click.argument("name")
+def subscriptions_enable(config_path: Path, name: str) -> None:
+    """Re-enable a disabled subscription (its dead letters can then be replayed)."""
+    from bridge.deliveries import Deliveries
+
+    config = _load(config_path)
+    if name not in {s.name for s in config.subscriptions}:
+        raise click.BadParameter(f"no subscription named {name!r}", param_hint="NAME")
+
+    async def action(redis: Any) -> int:
+        deliveries = Deliveries(redis)
+        await deliveries.enable(name)
+        return len(await deliveries.dead_letters(name))
+
+    dead = _with_redis(config, action)
+    click.echo(f"{name} enabled.")
+    if dead:
+        click.echo(
+            f"{dead} dead letter(s) wait for it: jobs-bridge dlq replay -c {config_path} "
+            f"--subscription {name} --all"
+        )
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) + "Z"
 
 
 def main() -> None:

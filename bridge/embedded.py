@@ -50,19 +50,29 @@ class EmbeddedRedis:
         self.persist = persist
         self._process: subprocess.Popen[bytes] | None = None
         self._socket_dir: str | None = None
-        self.socket_path = ""
+        self.socket_path = str(self.data_dir / "redis.sock")
 
     @property
     def url(self) -> str:
         return f"unix://{self.socket_path}?db=0"
 
+    def running(self) -> bool:
+        """Whether a redis-server (another bridge's, say) already answers on our socket."""
+        if not Path(self.socket_path).exists():
+            return False
+        client = redis.Redis(unix_socket_path=self.socket_path, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, OSError):
+            return False
+        finally:
+            client.close()
+
     def start(self, timeout: float = 10.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        socket_path = self.data_dir / "redis.sock"
-        if len(str(socket_path)) > _SOCKET_PATH_MAX:
+        if len(self.socket_path) > _SOCKET_PATH_MAX:
             self._socket_dir = tempfile.mkdtemp(prefix="jb-redis-")
-            socket_path = Path(self._socket_dir) / "redis.sock"
-        self.socket_path = str(socket_path)
+            self.socket_path = str(Path(self._socket_dir) / "redis.sock")
         args = [
             redis_server_binary(),
             "--port", "0",

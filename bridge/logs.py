@@ -73,7 +73,10 @@ def setup(level: str = "info", json_output: bool | None = None) -> None:
     renderer: Any
     if json_output:
         renderer = structlog.processors.JSONRenderer()
-        exception_processor: Any = structlog.processors.dict_tracebacks
+        # No local variables in tracebacks: they are noise, and may hold secrets.
+        exception_processor: Any = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
         exception_processor = structlog.processors.format_exc_info

@@ -29,7 +29,8 @@ local events_key = KEYS[3]
 local meta_key = KEYS[4]
 local member = ARGV[1]              -- "<source>:<job id>"
 local status = ARGV[2]
-local version = tonumber(ARGV[3])   -- updated_at in microseconds, 0 when unset
+local version_text = ARGV[3]        -- updated_at in microseconds, 0 when unset
+local version = tonumber(version_text)
 local silent = ARGV[4] == "1"       -- baseline: record a job never seen before, no event
 local open_score = ARGV[5]          -- stall reference (ms) of an open job, "" once finished
 local event_id = ARGV[6]
@@ -53,7 +54,7 @@ if stored then
   end
   if s == status then
     if version > stored_version then
-      redis.call('HSET', jobs_key, member, status .. '|' .. version .. '|' .. seq .. '|' .. t)
+      redis.call('HSET', jobs_key, member, status .. '|' .. version_text .. '|' .. seq .. '|' .. t)
     end
     return {'unchanged', seq, s}
   end
@@ -68,7 +69,7 @@ if stored then
 else
   redis.call('HINCRBY', meta_key, 'count:' .. source, 1)
   if silent then
-    redis.call('HSET', jobs_key, member, status .. '|' .. version .. '|0|0')
+    redis.call('HSET', jobs_key, member, status .. '|' .. version_text .. '|0|0')
     if open_score ~= '' then
       redis.call('ZADD', open_key, open_score, member)
     end
@@ -77,7 +78,7 @@ else
 end
 
 seq = seq + 1
-redis.call('HSET', jobs_key, member, status .. '|' .. version .. '|' .. seq .. '|0')
+redis.call('HSET', jobs_key, member, status .. '|' .. version_text .. '|' .. seq .. '|0')
 if open_score ~= '' then
   redis.call('ZADD', open_key, open_score, member)
 else

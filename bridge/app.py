@@ -1,0 +1,212 @@
+"""Builds the bridge from its config, runs every task, and shuts everything down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import redis.asyncio as aioredis
+import structlog
+
+from bridge.config import (
+    BridgeConfig,
+    NatsSubscription,
+    RabbitMQSubscription,
+    RedisStreamSubscription,
+    SlackSubscription,
+    SubscriptionBase,
+    WebhookSubscription,
+)
+from bridge.dispatcher import Dispatcher
+from bridge.elasticpath import ElasticPathClient
+from bridge.embedded import EmbeddedRedis
+from bridge.poller import Poller, PollSettings
+from bridge.sinks import Sink
+from bridge.sinks.webhook import WebhookSink
+from bridge.store import Store
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_GRACE = 15.0  # seconds a task may take to finish after a stop (dispatcher drains 10 s)
+
+
+@contextlib.asynccontextmanager
+async def connect_redis(config: BridgeConfig) -> AsyncIterator[aioredis.Redis]:
+    """The configured Redis, or the embedded one under data_dir (started here if not running).
+
+    Operator commands run beside a running bridge reach its embedded Redis by its socket.
+    """
+    embedded: EmbeddedRedis | None = None
+    url = config.redis.url
+    if url is None:
+        server = EmbeddedRedis(config.data_dir / "redis")
+        if await asyncio.to_thread(server.running):
+            url = server.url  # a running bridge owns it; borrow it, leave it running
+        else:
+            embedded = server
+            url = await asyncio.to_thread(server.start)
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        await client.ping()
+        yield client
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+class MissingExtra(RuntimeError):
+    """A subscription type whose broker client is an optional extra that is not installed."""
+
+
+def build_sink(sub: SubscriptionBase, config: BridgeConfig, redis: aioredis.Redis) -> Sink:
+    """The sink of one subscription. Broker clients are imported only when configured."""
+    allow_private = config.subscription_allows_private(sub)
+    try:
+        if isinstance(sub, WebhookSubscription):
+            return WebhookSink(
+                sub.name,
+                sub.url,
+                [secret.get_secret_value() for secret in sub.secrets],
+                timeout=sub.timeout,
+                allow_private_networks=allow_private,
+            )
+        if isinstance(sub, SlackSubscription):
+            from bridge.sinks.slack import SlackSink
+
+            return SlackSink(
+                sub.name,
+                redis,
+                webhook_url=sub.webhook_url.get_secret_value() if sub.webhook_url else None,
+                token=sub.token.get_secret_value() if sub.token else None,
+                channel=sub.channel,
+                api_base_url=sub.api_base_url,
+                link_template=sub.link_template,
+                group_window=sub.group_window,
+                group_threshold=sub.group_threshold,
+                timeout=sub.timeout,
+                allow_private_networks=allow_private,
+            )
+        if isinstance(sub, RedisStreamSubscription):
+            from bridge.sinks.redis_stream import RedisStreamSink
+
+            return RedisStreamSink(
+                sub.name, sub.url, stream=sub.stream, maxlen=sub.maxlen, timeout=sub.timeout
+            )
+        if isinstance(sub, RabbitMQSubscription):
+            from bridge.sinks.rabbitmq import RabbitMQSink
+
+            return RabbitMQSink(sub.name, sub.url, exchange=sub.exchange, timeout=sub.timeout)
+        if isinstance(sub, NatsSubscription):
+            from bridge.sinks.nats import NatsSink
+
+            return NatsSink(
+                sub.name,
+                sub.url,
+                subject_prefix=sub.subject_prefix,
+                stream=sub.stream,
+                create_stream=sub.create_stream,
+                timeout=sub.timeout,
+            )
+    except ImportError as exc:
+        raise MissingExtra(
+            f"subscription {sub.name!r} ({sub.type}) needs an optional package: "
+            f"pip install 'jobs-bridge[{sub.type}]' ({exc.name} is missing)"
+        ) from None
+    raise ValueError(f"subscription {sub.name!r}: unknown type {sub.type!r}")
+
+
+class Bridge:
+    """Every poller of every store, and the dispatcher of every subscription, over one Redis."""
+
+    def __init__(
+        self, config: BridgeConfig, redis: aioredis.Redis, *, claim_idle: float = 120.0
+    ) -> None:
+        self.config = config
+        self.redis = redis
+        self.stores = {
+            s.name: Store(redis, s.name, outbox_retention=config.outbox_retention)
+            for s in config.stores
+        }
+        self.clients = {
+            s.name: ElasticPathClient(
+                s.api_base,
+                s.client_id,
+                s.client_secret.get_secret_value(),
+                max_requests_per_second=s.max_requests_per_second,
+                timeout=s.request_timeout,
+                store=s.name,
+            )
+            for s in config.stores
+        }
+        self.pollers = [
+            Poller(self.clients[s.name], self.stores[s.name], source, PollSettings.from_config(s))
+            for s in config.stores
+            for source in s.sources
+        ]
+        self.dispatcher = Dispatcher(
+            redis,
+            [store.events_key for store in self.stores.values()],
+            config.subscriptions,
+            {
+                sub.name: build_sink(sub, config, redis)
+                for sub in config.subscriptions
+                if sub.enabled
+            },
+            claim_idle=claim_idle,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tasks = [
+            asyncio.create_task(p.run(stop), name=f"poller:{p.store.name}:{p.source}")
+            for p in self.pollers
+        ]
+        tasks.append(asyncio.create_task(self.dispatcher.run(stop), name="dispatcher"))
+        log.info("bridge_started", stores=len(self.stores), pollers=len(self.pollers))
+        try:
+            await stop.wait()
+        finally:
+            await _finish(tasks)
+            for client in self.clients.values():
+                await client.close()
+            log.info("bridge_stopped")
+
+
+async def _finish(tasks: list[asyncio.Task[None]]) -> None:
+    """Let tasks end their cycle; cancel what is still running after the grace period.
+
+    Cancelling is safe at any point: each observation is one atomic Lua script.
+    """
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+
+
+async def run_until_stopped(
+    config: BridgeConfig,
+    seconds: float | None = None,
+    extra: Callable[[aioredis.Redis, asyncio.Event], Awaitable[None]] | None = None,
+) -> None:
+    """`jobs-bridge run`: until SIGINT/SIGTERM, or for `seconds`."""
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    if seconds is not None:
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+    async with connect_redis(config) as redis:
+        bridge = Bridge(config, redis)
+        jobs = [bridge.run(stop)]
+        if extra is not None:
+            jobs.append(extra(redis, stop))
+        await asyncio.gather(*jobs)

@@ -1,0 +1,275 @@
+"""Redis state of delivery: retry schedule, dead letters, attempt log, subscription health.
+
+jb:retry                      zset    "<subscription>\\n<event id>" by due time (ms)
+jb:delivery:<sub>:<event id>  hash    the event and its attempt count, while it is retried
+jb:dlq                        stream  dead letters: subscription, event id, reason, event
+jb:attempts:<sub>             stream  every attempt of one subscription (capped)
+jb:attempts:event:<event id>  list    every attempt of one event, any subscription (capped)
+jb:health:<sub>               hash    enabled/disabled, failing_since, last success/failure
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bridge.sinks import DeliveryResult
+
+RETRY_KEY = "jb:retry"
+DLQ_KEY = "jb:dlq"
+ATTEMPTS_PER_SUBSCRIPTION = 10_000
+ATTEMPTS_PER_EVENT = 50
+ATTEMPT_RETENTION = 7 * 86_400  # seconds an event's attempt list is kept
+LEASE = 300.0  # seconds a claimed retry is hidden; reappears if its dispatcher died
+
+# Claims due retries: each is pushed out by the lease, so a dispatcher that dies mid-attempt
+# leaves it to be picked up again instead of losing it.
+CLAIM_DUE = """
+local retry_key = KEYS[1]
+local now = ARGV[1]
+local lease_until = ARGV[2]
+local limit = ARGV[3]
+local due = redis.call('ZRANGEBYSCORE', retry_key, '-inf', now, 'LIMIT', 0, limit)
+for _, member in ipairs(due) do
+  redis.call('ZADD', retry_key, lease_until, member)
+end
+return due
+"""
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def delivery_key(subscription: str, event_id: str) -> str:
+    return f"jb:delivery:{subscription}:{event_id}"
+
+
+def health_key(subscription: str) -> str:
+    return f"jb:health:{subscription}"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRetry:
+    subscription: str
+    event_id: str
+    attempts: int
+    event: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    entry_id: str
+    subscription: str
+    event_id: str
+    reason: str
+    attempts: int
+    failed_at: str
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    subscription: str
+    enabled: bool
+    disabled_reason: str
+    disabled_at: float | None
+    failing_since: float | None
+    last_success_at: float | None
+    last_failure_at: float | None
+    last_error: str
+
+
+class Deliveries:
+    """Delivery bookkeeping shared by every dispatcher, in Redis so it survives restarts."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._claim = redis.register_script(CLAIM_DUE)
+
+    # -- retries -------------------------------------------------------------------------
+
+    async def schedule_retry(
+        self, subscription: str, event: dict[str, Any], attempts: int, due: float
+    ) -> None:
+        """Keep the event and retry it at `due` (epoch seconds)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                delivery_key(subscription, event["id"]),
+                mapping={"event": json.dumps(event), "attempts": attempts},
+            )
+            pipe.zadd(RETRY_KEY, {f"{subscription}\n{event['id']}": _ms(due)})
+            await pipe.execute()
+
+    async def claim_due(self, limit: int = 100) -> list[PendingRetry]:
+        now = time.time()
+        members = await self._claim(keys=[RETRY_KEY], args=[_ms(now), _ms(now + LEASE), limit])
+        if not members:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for member in members:
+                subscription, event_id = member.split("\n", 1)
+                pipe.hgetall(delivery_key(subscription, event_id))
+            records = await pipe.execute()
+        claimed = []
+        for member, record in zip(members, records, strict=True):
+            subscription, event_id = member.split("\n", 1)
+            event = json.loads(record["event"]) if record.get("event") else None
+            claimed.append(
+                PendingRetry(subscription, event_id, int(record.get("attempts", 0)), event)
+            )
+        return claimed
+
+    async def settle(self, subscription: str, event_id: str) -> None:
+        """The delivery is finished (sent or dead-lettered): forget its retry state."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(RETRY_KEY, f"{subscription}\n{event_id}")
+            pipe.delete(delivery_key(subscription, event_id))
+            await pipe.execute()
+
+    async def retry_count(self, subscription: str | None = None) -> int:
+        if subscription is None:
+            return int(await self.redis.zcard(RETRY_KEY))
+        members = await self.redis.zrange(RETRY_KEY, 0, -1)
+        return sum(1 for m in members if m.split("\n", 1)[0] == subscription)
+
+    # -- dead letters --------------------------------------------------------------------
+
+    async def dead_letter(
+        self, subscription: str, event: dict[str, Any], attempts: int, reason: str
+    ) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                DLQ_KEY,
+                {
+                    "subscription": subscription,
+                    "event_id": event["id"],
+                    "reason": reason,
+                    "attempts": attempts,
+                    "failed_at": _iso(time.time()),
+                    "event": json.dumps(event),
+                },
+            )
+            pipe.zrem(RETRY_KEY, f"{subscription}\n{event['id']}")
+            pipe.delete(delivery_key(subscription, event["id"]))
+            await pipe.execute()
+
+    async def dead_letters(
+        self, subscription: str | None = None, entry_id: str | None = None
+    ) -> list[DeadLetter]:
+        if entry_id is not None:
+            entries = await self.redis.xrange(DLQ_KEY, entry_id, entry_id)
+        else:
+            entries = await self.redis.xrange(DLQ_KEY)
+        letters = [
+            DeadLetter(
+                entry_id=eid,
+                subscription=f["subscription"],
+                event_id=f["event_id"],
+                reason=f["reason"],
+                attempts=int(f["attempts"]),
+                failed_at=f["failed_at"],
+                event=json.loads(f["event"]),
+            )
+            for eid, f in entries
+        ]
+        if subscription is not None:
+            letters = [d for d in letters if d.subscription == subscription]
+        return letters
+
+    async def requeue(self, letters: list[DeadLetter]) -> int:
+        """Move dead letters back onto the retry schedule, due now, attempt count reset."""
+        now = time.time()
+        for letter in letters:
+            await self.schedule_retry(letter.subscription, letter.event, 0, now)
+            await self.redis.xdel(DLQ_KEY, letter.entry_id)
+        return len(letters)
+
+    # -- attempt log ---------------------------------------------------------------------
+
+    async def record_attempt(
+        self, subscription: str, event_id: str, attempt: int, result: DeliveryResult
+    ) -> None:
+        record = {
+            "subscription": subscription,
+            "event_id": event_id,
+            "attempt": attempt,
+            "at": _iso(time.time()),
+            "ok": int(result.ok),
+            "status": result.status if result.status is not None else "",
+            "duration_ms": round(result.duration_ms, 1),
+            "reason": result.reason,
+            "response": result.response_excerpt[:1024],
+        }
+        per_event = f"jb:attempts:event:{event_id}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(
+                f"jb:attempts:{subscription}",
+                record,
+                maxlen=ATTEMPTS_PER_SUBSCRIPTION,
+                approximate=True,
+            )
+            pipe.lpush(per_event, json.dumps(record))
+            pipe.ltrim(per_event, 0, ATTEMPTS_PER_EVENT - 1)
+            pipe.expire(per_event, ATTEMPT_RETENTION)
+            self._health_update(pipe, subscription, result)
+            await pipe.execute()
+
+    async def attempts_for_event(self, event_id: str) -> list[dict[str, Any]]:
+        raw = await self.redis.lrange(f"jb:attempts:event:{event_id}", 0, -1)
+        return [json.loads(r) for r in reversed(raw)]
+
+    async def attempts_for_subscription(
+        self, subscription: str, count: int = 100
+    ) -> list[dict[str, Any]]:
+        entries = await self.redis.xrevrange(f"jb:attempts:{subscription}", count=count)
+        return [fields for _id, fields in reversed(entries)]
+
+    # -- health --------------------------------------------------------------------------
+
+    def _health_update(self, pipe: Any, subscription: str, result: DeliveryResult) -> None:
+        key = health_key(subscription)
+        now = time.time()
+        if result.ok:
+            pipe.hset(key, mapping={"last_success_at": now})
+            pipe.hdel(key, "failing_since")
+        else:
+            pipe.hset(key, mapping={"last_failure_at": now, "last_error": result.reason})
+            pipe.hsetnx(key, "failing_since", now)
+
+    async def health(self, subscription: str) -> Health:
+        raw = await self.redis.hgetall(health_key(subscription))
+
+        def number(field: str) -> float | None:
+            return float(raw[field]) if raw.get(field) else None
+
+        return Health(
+            subscription=subscription,
+            enabled=raw.get("disabled") != "1",
+            disabled_reason=raw.get("disabled_reason", ""),
+            disabled_at=number("disabled_at"),
+            failing_since=number("failing_since"),
+            last_success_at=number("last_success_at"),
+            last_failure_at=number("last_failure_at"),
+            last_error=raw.get("last_error", ""),
+        )
+
+    async def disable(self, subscription: str, reason: str) -> None:
+        await self.redis.hset(
+            health_key(subscription),
+            mapping={"disabled": "1", "disabled_reason": reason, "disabled_at": time.time()},
+        )
+
+    async def enable(self, subscription: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(health_key(subscription), "disabled", "disabled_reason", "disabled_at")
+            pipe.hdel(health_key(subscription), "failing_since")
+            await pipe.execute()
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{_ms(epoch) % 1000:03d}Z"

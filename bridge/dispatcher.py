@@ -1,0 +1,345 @@
+"""Consumes every store's outbox, routes events to subscriptions, retries, and dead-letters.
+
+An outbox entry is acknowledged only after each of its deliveries has succeeded or has been
+handed to the retry schedule or the dead-letter stream, so a crash at any point loses nothing:
+unacknowledged entries are claimed again (XAUTOCLAIM) and sent again with the same event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
+
+from bridge.config import BridgeConfig, SubscriptionBase
+from bridge.deliveries import Deliveries, Health
+from bridge.events import encode
+from bridge.sinks import DeliveryResult, Sink
+from bridge.store import Store, event_from_outbox
+
+log = structlog.get_logger(__name__)
+
+GROUP = "dispatch"
+RETRY_AFTER_MAX = 3600.0  # a destination may slow us down, but not park an event for days
+HEALTH_CACHE_SECONDS = 1.0
+DRAIN_SECONDS = 10.0  # how long a stop waits for deliveries in flight
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{random.randbytes(2).hex()}"
+
+
+def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | None) -> float | None:
+    """Seconds until the next try after `attempt` failed tries, or None when none are left.
+
+    +-20 % jitter keeps many failed deliveries from coming due in one burst.
+    """
+    if attempt > len(schedule):
+        return None
+    delay = schedule[attempt - 1] * random.uniform(0.8, 1.2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, RETRY_AFTER_MAX))
+    return delay
+
+
+class Dispatcher:
+    """Every subscription of one bridge, fed from the outbox streams of its stores."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        outbox_keys: Sequence[str],
+        subscriptions: Sequence[SubscriptionBase],
+        sinks: dict[str, Sink],
+        *,
+        consumer: str | None = None,
+        claim_idle: float = 120.0,
+        block: float = 1.0,
+        batch: int = 100,
+        max_in_flight: int = 1000,
+    ) -> None:
+        self.redis = redis
+        self.outbox_keys = list(outbox_keys)
+        self.subscriptions = {s.name: s for s in subscriptions if s.enabled}
+        self.sinks = sinks
+        self.deliveries = Deliveries(redis)
+        self.consumer = consumer or consumer_name()
+        self.claim_idle = claim_idle
+        self.block = block
+        self.batch = batch
+        self.stats: Counter[str] = Counter()
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._per_subscription = {
+            s.name: asyncio.Semaphore(s.concurrency) for s in self.subscriptions.values()
+        }
+        self._health: dict[str, tuple[float, Health]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for key in self.outbox_keys:
+            try:
+                # From the start of the stream: events written before the first dispatcher
+                # ever ran are delivered too.
+                await self.redis.xgroup_create(key, GROUP, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        for sink in self.sinks.values():
+            await sink.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        log.info("dispatcher_started", consumer=self.consumer, subscriptions=len(self.sinks))
+        loops = [
+            asyncio.create_task(self._loop(stop, self._consume_once, 0.0), name="consume"),
+            asyncio.create_task(self._loop(stop, self._retry_once, 1.0), name="retry"),
+            asyncio.create_task(
+                self._loop(stop, self._claim_once, self.claim_idle / 2), name="claim"
+            ),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            await asyncio.gather(*loops, return_exceptions=True)
+            await self.drain()
+            for sink in self.sinks.values():
+                await sink.close()
+            log.info("dispatcher_stopped", consumer=self.consumer, **self.stats)
+
+    async def drain(self) -> None:
+        """Wait for deliveries in flight; what is left is claimed again after a restart."""
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=DRAIN_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _loop(self, stop: asyncio.Event, step: Any, pause: float) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                await step()
+                failures = 0
+                wait = pause
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                wait = min(30.0, 0.5 * 2**failures)
+                log.warning(
+                    "dispatch_loop_failed", step=step.__name__, error=repr(exc), retry_in=wait
+                )
+            if wait:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+
+    # -- the outbox ----------------------------------------------------------------------
+
+    async def _consume_once(self) -> None:
+        replies = await self.redis.xreadgroup(
+            GROUP,
+            self.consumer,
+            {key: ">" for key in self.outbox_keys},
+            count=self.batch,
+            block=int(self.block * 1000),
+        )
+        for key, entries in replies or []:
+            for entry_id, fields in entries:
+                await self._spawn(key, entry_id, fields)
+
+    async def _claim_once(self) -> None:
+        """Take over entries another dispatcher read but never acknowledged (it died)."""
+        for key in self.outbox_keys:
+            cursor = "0-0"
+            while True:
+                reply = await self.redis.xautoclaim(
+                    key, GROUP, self.consumer, int(self.claim_idle * 1000), cursor, count=100
+                )
+                cursor, entries = reply[0], reply[1]
+                for entry_id, fields in entries:
+                    if not fields:  # trimmed from the stream meanwhile
+                        await self.redis.xack(key, GROUP, entry_id)
+                        continue
+                    self.stats["claimed"] += 1
+                    await self._spawn(key, entry_id, fields)
+                if cursor == "0-0":
+                    break
+
+    async def _spawn(self, key: str, entry_id: str, fields: dict[str, str]) -> None:
+        await self._in_flight.acquire()
+        task = asyncio.create_task(self._handle_entry(key, entry_id, fields))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight.release()
+        if not task.cancelled() and task.exception() is not None:
+            # Not acknowledged: the entry is claimed and handled again later.
+            log.warning("outbox_entry_failed", error=repr(task.exception()))
+
+    async def _handle_entry(self, key: str, entry_id: str, fields: dict[str, str]) -> None:
+        event = event_from_outbox(fields)
+        body = encode(event)
+        data = event["data"]
+        targets = [
+            sub
+            for sub in self.subscriptions.values()
+            if sub.filter.matches(
+                data["store"], data["source"], data["job"]["type"], data["status"]
+            )
+        ]
+        await asyncio.gather(*(self._first_attempt(sub, event, body) for sub in targets))
+        await self.redis.xack(key, GROUP, entry_id)
+        self.stats["routed"] += 1
+
+    async def _first_attempt(
+        self, sub: SubscriptionBase, event: dict[str, Any], body: bytes
+    ) -> None:
+        health = await self._cached_health(sub.name)
+        if not health.enabled:
+            await self.deliveries.dead_letter(
+                sub.name, event, 0, f"subscription disabled: {health.disabled_reason}"
+            )
+            self.stats["dead_lettered"] += 1
+            return
+        await self.attempt(sub, event, body, attempt=1)
+
+    # -- retries -------------------------------------------------------------------------
+
+    async def _retry_once(self) -> None:
+        due = await self.deliveries.claim_due(limit=self.batch)
+        if not due:
+            return
+        await asyncio.gather(*(self._retry(pending) for pending in due))
+
+    async def _retry(self, pending: Any) -> None:
+        sub = self.subscriptions.get(pending.subscription)
+        if pending.event is None:
+            await self.deliveries.settle(pending.subscription, pending.event_id)
+            return
+        if sub is None or pending.subscription not in self.sinks:
+            await self.deliveries.dead_letter(
+                pending.subscription, pending.event, pending.attempts,
+                "subscription is no longer configured",
+            )  # fmt: skip
+            return
+        health = await self._cached_health(sub.name)
+        if not health.enabled:
+            await self.deliveries.dead_letter(
+                sub.name, pending.event, pending.attempts,
+                f"subscription disabled: {health.disabled_reason}",
+            )  # fmt: skip
+            return
+        await self.attempt(sub, pending.event, encode(pending.event), pending.attempts + 1)
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    async def attempt(
+        self, sub: SubscriptionBase, event: dict[str, Any], body: bytes, attempt: int
+    ) -> DeliveryResult:
+        """Deliver once; then record it and decide: done, retry later, or dead-letter."""
+        sink = self.sinks[sub.name]
+        async with self._per_subscription[sub.name]:
+            started = time.perf_counter()
+            try:
+                result = await sink.deliver(event, body)
+            except Exception as exc:  # a sink bug must not stop the dispatcher
+                result = DeliveryResult(
+                    ok=False,
+                    reason=f"sink error: {type(exc).__name__}",
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                )
+                log.exception("sink_failed", subscription=sub.name, event_id=event["id"])
+        await self.deliveries.record_attempt(sub.name, event["id"], attempt, result)
+        bound = log.bind(subscription=sub.name, event_id=event["id"], attempt=attempt)
+        if result.ok:
+            self.stats["delivered"] += 1
+            if attempt > 1:
+                await self.deliveries.settle(sub.name, event["id"])
+            bound.debug("delivery_succeeded", status=result.status)
+            return result
+        self.stats["failed_attempts"] += 1
+        reason = result.reason or "delivery failed"
+        if result.disable:
+            await self._disable(sub.name, reason)
+        elif result.retryable:
+            health = await self.deliveries.health(sub.name)
+            if health.failing_since and time.time() - health.failing_since > sub.disable_after:
+                await self._disable(
+                    sub.name, f"failing since {_ago(health.failing_since)}: {reason}"
+                )
+            else:
+                delay = retry_delay(sub.retry_schedule, attempt, result.retry_after)
+                if delay is not None:
+                    await self.deliveries.schedule_retry(
+                        sub.name, event, attempt, time.time() + delay
+                    )
+                    self.stats["retries_scheduled"] += 1
+                    bound.info("delivery_failed", reason=reason, retry_in=round(delay, 2))
+                    return result
+                reason = f"gave up after {attempt} attempts: {reason}"
+        await self.deliveries.dead_letter(sub.name, event, attempt, reason)
+        self.stats["dead_lettered"] += 1
+        bound.warning("delivery_dead_lettered", reason=reason)
+        return result
+
+    async def _disable(self, subscription: str, reason: str) -> None:
+        await self.deliveries.disable(subscription, reason)
+        self._health.pop(subscription, None)
+        log.error("subscription_disabled", subscription=subscription, reason=reason)
+
+    async def _cached_health(self, subscription: str) -> Health:
+        now = time.monotonic()
+        cached = self._health.get(subscription)
+        if cached is None or now - cached[0] > HEALTH_CACHE_SECONDS:
+            cached = (now, await self.deliveries.health(subscription))
+            self._health[subscription] = cached
+        return cached[1]
+
+
+def _ago(epoch: float) -> str:
+    seconds = max(0, int(time.time() - epoch))
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+async def replay_since(
+    redis: aioredis.Redis, config: BridgeConfig, sub: SubscriptionBase, since: float
+) -> int:
+    """Queue every outbox event since `since` (epoch seconds) that `sub` would receive."""
+    deliveries = Deliveries(redis)
+    start = f"{int(since * 1000)}-0"
+    queued = 0
+    for store in config.stores:
+        key = Store(redis, store.name).events_key
+        cursor = start
+        while True:
+            entries = await redis.xrange(key, min=cursor, count=500)
+            for _entry_id, fields in entries:
+                event = event_from_outbox(fields)
+                data = event["data"]
+                if sub.filter.matches(
+                    data["store"], data["source"], data["job"]["type"], data["status"]
+                ):
+                    await deliveries.schedule_retry(sub.name, event, 0, time.time())
+                    queued += 1
+            if len(entries) < 500:
+                break
+            cursor = "(" + entries[-1][0]
+    return queued

@@ -1,0 +1,321 @@
+"""Polls one store's job list for one source and turns what changed into observations.
+
+Cost per cycle grows with the number of changes, not with the store's history: pages are read
+from the start only while they still hold news, open jobs the scan missed are fetched one by one,
+and a full re-scan on a slow timer is the safety net for the undocumented list order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.exceptions
+import structlog
+
+from bridge.elasticpath import ApiError, ElasticPathClient, NotFound, TransientError
+from bridge.events import event_id, event_type
+from bridge.jobs import Job, JobParseError, Source, parse_job
+from bridge.store import Observation, Store
+
+log = structlog.get_logger(__name__)
+
+PCM_OFFSET_SOFT_LIMIT = 10_000  # the API may refuse offsets past this
+PROGRESS_EVERY_PAGES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class PollSettings:
+    """How one store is polled (the store's config, as plain numbers of seconds)."""
+
+    backfill: str = "baseline"
+    poll_interval: float = 5.0
+    idle_poll_interval: float = 30.0
+    stall_after: float = 1800.0
+    full_scan_interval: float = 900.0
+    page_limit: int = 100
+    errors_limit: int = 100
+
+    @classmethod
+    def from_config(cls, store: Any) -> PollSettings:
+        return cls(**{name: getattr(store, name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(slots=True)
+class CycleReport:
+    kind: str  # baseline | full | incremental
+    requests: int = 0
+    pages: int = 0
+    jobs: int = 0
+    changes: int = 0
+    emitted: int = 0
+    fetched_open: int = 0
+    stalled: int = 0
+    skipped: int = 0
+
+
+@dataclass(slots=True)
+class _Scan:
+    """What one cycle has seen so far."""
+
+    report: CycleReport
+    silent: bool = False
+    seen: set[str] = field(default_factory=set)  # ids only: a full scan may see 100,000 jobs
+    open: dict[str, Job] = field(default_factory=dict)  # the non-terminal ones, for stalls
+
+
+class Poller:
+    """One store, one source (`pcm` or `v2`). State lives in Redis; this object keeps none."""
+
+    def __init__(
+        self,
+        client: ElasticPathClient,
+        store: Store,
+        source: Source,
+        settings: PollSettings,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.source: Source = source
+        self.settings = settings
+        self.stats: Counter[str] = Counter()
+        self.last_change = 0.0
+        self.consecutive_failures = 0
+        self._log = log.bind(store=store.name, source=source)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until `stop` is set. API, Redis and parsing trouble is logged, never fatal."""
+        while not stop.is_set():
+            try:
+                report = await self.cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = self._failure_delay(exc)
+            else:
+                self.consecutive_failures = 0
+                delay = await self.next_interval(report)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    def _failure_delay(self, exc: Exception) -> float:
+        self.consecutive_failures += 1
+        self.stats["poll_failures"] += 1
+        delay = min(
+            self.settings.idle_poll_interval * 4,
+            self.settings.poll_interval * 2 ** min(self.consecutive_failures, 10),
+        )
+        delay *= random.uniform(0.8, 1.2)
+        expected = isinstance(exc, ApiError | redis.exceptions.RedisError | OSError)
+        (self._log.warning if expected else self._log.exception)(
+            "poll_failed",
+            error=f"{type(exc).__name__}: {exc}",
+            failures=self.consecutive_failures,
+            retry_in=round(delay, 2),
+        )
+        return delay
+
+    async def next_interval(self, report: CycleReport) -> float:
+        """Fast while jobs are open or something changed recently, slow when all is quiet."""
+        if report.changes:
+            self.last_change = time.monotonic()
+        recently = time.monotonic() - self.last_change < self.settings.idle_poll_interval * 2
+        busy = recently or bool(await self.store.open_jobs(self.source))
+        return self.settings.poll_interval if busy else self.settings.idle_poll_interval
+
+    # -- one cycle -----------------------------------------------------------------------
+
+    async def cycle(self) -> CycleReport:
+        requests_before = self.client.requests
+        if await self.store.get_meta(f"baseline:{self.source}") is None:
+            report = await self._full_scan("baseline")
+            await self.store.set_meta(
+                **{f"baseline:{self.source}": time.time(), f"full_scan:{self.source}": time.time()}
+            )
+            self._log.info("baseline_completed", jobs=report.jobs, emitted=report.emitted)
+        else:
+            last_full = float(await self.store.get_meta(f"full_scan:{self.source}") or 0)
+            if time.time() - last_full >= self.settings.full_scan_interval:
+                report = await self._full_scan("full")
+                await self.store.set_meta(**{f"full_scan:{self.source}": time.time()})
+            else:
+                report = await self._incremental()
+        report.requests = self.client.requests - requests_before
+        self.stats["cycles"] += 1
+        self.stats["requests"] += report.requests
+        self.stats["events"] += report.emitted
+        self._log.debug("cycle_completed", **{k: getattr(report, k) for k in report.__slots__})
+        return report
+
+    async def _full_scan(self, kind: str) -> CycleReport:
+        scan = _Scan(
+            CycleReport(kind), silent=kind == "baseline" and self.settings.backfill == "baseline"
+        )
+        if self.source == "v2":
+            await self._process(scan, await self.client.list_v2_jobs())
+            scan.report.pages = 1
+        else:
+            total = None
+            offset = 0
+            while True:
+                try:
+                    page = await self.client.list_pcm_jobs(offset, self.settings.page_limit)
+                except ApiError as exc:
+                    if exc.retryable or offset < PCM_OFFSET_SOFT_LIMIT:
+                        raise
+                    self._log.warning("scan_offset_limit_reached", offset=offset, error=str(exc))
+                    break
+                total = page.total if page.total is not None else total
+                await self._process(scan, page.records)
+                scan.report.pages += 1
+                offset += len(page.records)
+                if kind == "baseline":
+                    self._progress(scan.report, total)
+                if len(page.records) < self.settings.page_limit:
+                    break
+            if kind == "baseline" and sys.stderr.isatty():
+                sys.stderr.write("\n")
+        await self._finish(scan)
+        return scan.report
+
+    async def _incremental(self) -> CycleReport:
+        scan = _Scan(CycleReport("incremental"))
+        if self.source == "v2":
+            await self._process(scan, await self.client.list_v2_jobs())
+            scan.report.pages = 1
+        else:
+            offset = 0
+            while True:
+                page = await self.client.list_pcm_jobs(offset, self.settings.page_limit)
+                changes = await self._process(scan, page.records)
+                scan.report.pages += 1
+                offset += len(page.records)
+                if len(page.records) < self.settings.page_limit:
+                    break
+                # Jobs the API counts that the bridge has never recorded are further on.
+                accounted = await self.store.known_count(self.source) + scan.report.skipped
+                unaccounted = page.total is not None and accounted < page.total
+                if not changes and not unaccounted:
+                    break
+        await self._finish(scan)
+        return scan.report
+
+    async def _finish(self, scan: _Scan) -> None:
+        """Fetch open jobs the scan did not reach, then look for stalled ones."""
+        open_jobs = await self.store.open_jobs(self.source)
+        for job_id in open_jobs.keys() - scan.seen:
+            fetch = self.client.get_pcm_job if self.source == "pcm" else self.client.get_v2_job
+            try:
+                record = await fetch(job_id)
+            except NotFound:
+                await self.store.forget_open(self.source, job_id)
+                self._log.info("job_vanished", job_id=job_id)
+                continue
+            scan.report.fetched_open += 1
+            await self._process(scan, [record])
+        if scan.silent:
+            return
+        now_ms = time.time() * 1000
+        for job_id, reference_ms in (await self.store.open_jobs(self.source)).items():
+            job = scan.open.get(job_id)
+            if job is None:
+                continue
+            if reference_ms + self.settings.stall_after * 1000 <= now_ms:
+                if await self.store.mark_stalled(job):
+                    scan.report.stalled += 1
+                    scan.report.emitted += 1
+                    self._announce(job, f"stalled-{job.status}", "stalled")
+
+    async def _process(self, scan: _Scan, records: Sequence[Any]) -> int:
+        """Parse a page, find what is new or changed, observe it. Returns the change count."""
+        jobs: list[Job] = []
+        for record in records:
+            try:
+                jobs.append(parse_job(self.source, record))
+            except JobParseError as exc:
+                # Not recorded as seen: once the API sends a valid record it is picked up.
+                scan.report.skipped += 1
+                self.stats["parse_errors"] += 1
+                self._log.warning("job_record_invalid", job_id=exc.job_id, reason=exc.reason)
+        scan.report.jobs += len(jobs)
+        for job in jobs:
+            scan.seen.add(job.id)
+            if not job.terminal:
+                scan.open[job.id] = job
+            else:
+                scan.open.pop(job.id, None)
+        states = await self.store.states(self.source, [j.id for j in jobs])
+        changed = [
+            j for j, s in zip(jobs, states, strict=True) if s is None or s.status != j.status
+        ]
+        if not changed:
+            return 0
+        observations = [await self._observation(job, scan.silent) for job in changed]
+        outcomes = await self.store.observe(observations)
+        scan.report.changes += len(changed)
+        for job, outcome in zip(changed, outcomes, strict=True):
+            if outcome.result == "emitted":
+                scan.report.emitted += 1
+                self._announce(job, job.status, job.status)
+        return len(changed)
+
+    async def _observation(self, job: Job, silent: bool) -> Observation:
+        errors: list[dict[str, Any]] = []
+        if not silent and job.status == "failed":
+            if job.source == "pcm":
+                errors = await self._job_errors(job)
+            elif job.error:
+                errors = [{"message": job.error}]
+        return Observation(
+            job=job,
+            silent=silent,
+            stall_reference_ms=self._stall_reference_ms(job),
+            errors=errors,
+            file_locations=job.file_locations(),
+        )
+
+    async def _job_errors(self, job: Job) -> list[dict[str, Any]]:
+        try:
+            return await self.client.get_pcm_job_errors(job.id, self.settings.errors_limit)
+        except TransientError:
+            raise  # observe the failure next cycle, with its errors
+        except ApiError as exc:
+            self._log.warning("job_errors_unavailable", job_id=job.id, error=str(exc))
+            return []
+
+    @staticmethod
+    def _stall_reference_ms(job: Job) -> int | None:
+        if job.terminal:
+            return None
+        if job.status == "started" and job.started_at is not None:
+            return int(job.started_at.timestamp() * 1000)
+        if job.status == "pending" and job.created_at is not None:
+            return int(job.created_at.timestamp() * 1000)
+        # Started with no started_at (seen in the wild): from when the bridge first saw it.
+        return int(time.time() * 1000)
+
+    def _announce(self, job: Job, id_status: str, status: str) -> None:
+        self._log.info(
+            "event_emitted",
+            event_id=event_id(self.store.name, self.source, job.id, id_status),
+            type=event_type(self.source, status),
+            subject=job.id,
+        )
+
+    def _progress(self, report: CycleReport, total: int | None) -> None:
+        if sys.stderr.isatty():
+            of = f"/{total}" if total else ""
+            sys.stderr.write(f"\rbaseline {self.store.name}/{self.source}: {report.jobs}{of} jobs")
+            sys.stderr.flush()
+        elif report.pages % PROGRESS_EVERY_PAGES == 0:
+            self._log.info("baseline_progress", pages=report.pages, jobs=report.jobs, total=total)
