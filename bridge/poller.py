@@ -28,6 +28,9 @@ log = structlog.get_logger(__name__)
 
 PCM_OFFSET_SOFT_LIMIT = 10_000  # the API may refuse offsets past this
 PROGRESS_EVERY_PAGES = 10
+# An unstable list order can hide jobs from one pass: the baseline repeats (silently) until
+# every job the API counts is recorded, at most this many passes.
+BASELINE_PASSES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class CycleReport:
     fetched_open: int = 0
     stalled: int = 0
     skipped: int = 0
+    total: int | None = None  # what the API said the list holds
 
 
 @dataclass(slots=True)
@@ -139,10 +143,7 @@ class Poller:
         requests_before = self.client.requests
         if await self.store.get_meta(f"baseline:{self.source}") is None:
             report = await self._full_scan("baseline")
-            await self.store.set_meta(
-                **{f"baseline:{self.source}": time.time(), f"full_scan:{self.source}": time.time()}
-            )
-            self._log.info("baseline_completed", jobs=report.jobs, emitted=report.emitted)
+            await self._complete_baseline(report)
         else:
             last_full = float(await self.store.get_meta(f"full_scan:{self.source}") or 0)
             if time.time() - last_full >= self.settings.full_scan_interval:
@@ -156,6 +157,22 @@ class Poller:
         self.stats["events"] += report.emitted
         self._log.debug("cycle_completed", **{k: getattr(report, k) for k in report.__slots__})
         return report
+
+    async def _complete_baseline(self, report: CycleReport) -> None:
+        passes = int(await self.store.get_meta(f"baseline_passes:{self.source}") or 0) + 1
+        known = await self.store.known_count(self.source)
+        missing = (report.total or 0) - known - report.skipped
+        if missing > 0 and passes < BASELINE_PASSES:
+            await self.store.set_meta(**{f"baseline_passes:{self.source}": passes})
+            self._log.info("baseline_pass_incomplete", passes=passes, missing=missing)
+            return
+        if missing > 0:
+            self._log.warning("baseline_incomplete", passes=passes, missing=missing)
+        now = time.time()
+        await self.store.set_meta(
+            **{f"baseline:{self.source}": now, f"full_scan:{self.source}": now}
+        )
+        self._log.info("baseline_completed", jobs=known, emitted=report.emitted, passes=passes)
 
     async def _full_scan(self, kind: str) -> CycleReport:
         scan = _Scan(
@@ -176,6 +193,7 @@ class Poller:
                     self._log.warning("scan_offset_limit_reached", offset=offset, error=str(exc))
                     break
                 total = page.total if page.total is not None else total
+                scan.report.total = total
                 await self._process(scan, page.records)
                 scan.report.pages += 1
                 offset += len(page.records)

@@ -1,0 +1,1059 @@
+"""Slack sink: an actionable message per job (bot) or per event (incoming webhook), with digests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import secrets
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+import structlog
+import yarl
+from redis.exceptions import RedisError
+
+from bridge.httpclient import AddressRefused, check_url, make_session
+from bridge.jobs import parse_timestamp
+from bridge.logs import redact_text, register_secrets
+from bridge.sinks import DeliveryResult
+from bridge.sinks.webhook import EXCERPT_CHARS, _connection_failure, parse_retry_after
+
+log = structlog.get_logger(__name__)
+
+# Slack's Block Kit limits (api.slack.com/reference/block-kit/blocks): a message that breaks
+# one is refused whole (invalid_blocks), so every piece of text is cut to fit before sending.
+HEADER_MAX = 150
+SECTION_TEXT_MAX = 3000
+FIELDS_MAX = 10
+FIELD_MAX = 2000
+BLOCKS_MAX = 50
+BUTTON_URL_MAX = 3000
+# Slack accepts 40,000 characters of top-level text, but it is the notification preview:
+# beyond a few lines nobody reads it.
+TEXT_MAX = 1000
+
+COLOURS = {
+    "failed": "#d40e0d",  # danger
+    "success": "#2eb886",  # good
+    "stalled": "#daa038",  # warning
+    "cancelled": "#daa038",
+}
+NEUTRAL_COLOUR = "#dddddd"  # Slack's own default bar: pending / started say nothing is wrong
+EMOJI = {
+    "pending": ":hourglass_flowing_sand:",
+    "started": ":arrows_counterclockwise:",
+    "success": ":white_check_mark:",
+    "failed": ":x:",
+    "cancelled": ":no_entry_sign:",
+    "stalled": ":warning:",
+}
+FAILURE_STATUSES = frozenset({"failed", "stalled"})
+
+MESSAGE_TTL = 14 * 24 * 3600  # how long a job's message stays updatable; jobs end long before
+# A 429 asking for at most this long is waited out in place, once: the usual cause is Slack's
+# 1 msg/s per channel, and the dispatcher's first retry (5 s, then minutes) would add more
+# delay and let later updates of the same job overtake this one. Longer waits go back to the
+# dispatcher, which must not have a delivery slot held for minutes.
+SHORT_RETRY_AFTER = 5.0
+MAIN_ERRORS_BOT = 5  # the rest are in the thread reply
+MAIN_ERRORS_WEBHOOK = 10  # no thread to continue in
+THREAD_ERRORS = 100
+THREAD_SECTIONS = 10
+ERROR_CHARS = 300  # one error message; longer ones are rarely more helpful, only longer
+VALUE_CHARS = 300  # one field value (ids, names, timestamps)
+DIGEST_LINES = 15
+DIGEST_BACKOFF = (2.0, 4.0, 8.0)  # waits between the tries of one digest send
+DIGEST_MAX_WAIT = 60.0
+_MAX_BODY = 1 << 20  # chat.postMessage echoes the message back: tens of KB at most
+_CODE = re.compile(r"[a-z0-9_]{1,64}")
+# chat.update cannot change these messages any more: post a new one instead.
+_MESSAGE_GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+
+_GONE, _BUG, _RETRY = "gone", "bug", "retry"
+# Slack's error codes (Web API `error` field, incoming-webhook response text) and what they
+# mean for the subscription. Unknown codes are retried: the retry schedule and disable_after
+# bound the cost of a code Slack adds later.
+SLACK_ERRORS: dict[str, tuple[str, str]] = {
+    "channel_not_found": (_GONE, "the channel does not exist or the bot cannot see it"),
+    "channel_is_archived": (_GONE, "the channel is archived"),
+    "is_archived": (_GONE, "the channel is archived"),
+    "no_service": (_GONE, "the incoming webhook was removed or its Slack app uninstalled"),
+    "no_active_hooks": (_GONE, "the incoming webhook is turned off"),
+    "no_team": (_GONE, "the Slack workspace no longer exists"),
+    "team_disabled": (_GONE, "the Slack workspace is disabled"),
+    "invalid_token": (_GONE, "the incoming webhook URL is not valid"),
+    "action_prohibited": (_GONE, "an admin has restricted posting to this channel"),
+    "posting_to_general_channel_denied": (_GONE, "only admins may post to this channel"),
+    "restricted_action": (_GONE, "a workspace setting prevents posting to this channel"),
+    "not_in_channel": (_GONE, "the bot is not in the channel (invite it with /invite)"),
+    "invalid_auth": (_GONE, "the bot token is not valid"),
+    "not_authed": (_GONE, "Slack did not accept the bot token"),
+    "token_revoked": (_GONE, "the bot token was revoked"),
+    "token_expired": (_GONE, "the bot token has expired"),
+    "account_inactive": (_GONE, "the bot's user or app was deactivated"),
+    "missing_scope": (_GONE, "the bot token lacks the chat:write scope"),
+    "ekm_access_denied": (_GONE, "the workspace's encryption keys were revoked"),
+    "invalid_payload": (_BUG, "the message was malformed"),
+    "invalid_blocks": (_BUG, "the message blocks were refused"),
+    "invalid_blocks_format": (_BUG, "the message blocks were malformed"),
+    "invalid_attachments": (_BUG, "the message attachments were refused"),
+    "too_many_attachments": (_BUG, "the message had too many attachments"),
+    "msg_too_long": (_BUG, "the message was too long"),
+    "no_text": (_BUG, "the message had no text"),
+    "invalid_arguments": (_BUG, "the request arguments were refused"),
+    "invalid_json": (_BUG, "the request body was not valid JSON"),
+    "json_not_object": (_BUG, "the request body was not a JSON object"),
+    "invalid_charset": (_BUG, "the request charset was refused"),
+    "internal_error": (_RETRY, "Slack had an internal error"),
+    "fatal_error": (_RETRY, "Slack had an internal error"),
+    "service_unavailable": (_RETRY, "Slack is unavailable"),
+    "request_timeout": (_RETRY, "Slack timed out"),
+}
+
+# The digest buffer lives in Redis so that a restart loses nothing. Scripts do each
+# check-and-change in one step: two replicas of the bridge share one subscription's buffer.
+_FOLD = """
+local recent = KEYS[1]
+local digest = KEYS[2]
+local opened = KEYS[3]
+local inflight = KEYS[4]
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local threshold = tonumber(ARGV[3])
+local event_id = ARGV[4]
+local entry = ARGV[5]
+local ttl = tonumber(ARGV[6])
+-- A redelivered event that is already waiting for (or in) a digest stays there once.
+if redis.call('HEXISTS', digest, event_id) == 1 then
+  return 1
+end
+if redis.call('HEXISTS', inflight, event_id) == 1 then
+  return 1
+end
+redis.call('ZREMRANGEBYSCORE', recent, '-inf', now - window)
+redis.call('ZADD', recent, 'NX', now, event_id)
+redis.call('EXPIRE', recent, math.ceil(window) + 60)
+if redis.call('ZCARD', recent) <= threshold then
+  return 0
+end
+redis.call('HSET', digest, event_id, entry)
+redis.call('SET', opened, ARGV[1], 'NX')
+redis.call('EXPIRE', digest, ttl)
+redis.call('EXPIRE', opened, ttl)
+return 1
+"""
+
+# A leftover in-flight digest (the sender died or was stopped) goes before the open buffer.
+_TAKE = """
+local digest = KEYS[1]
+local opened = KEYS[2]
+local inflight = KEYS[3]
+local lease = KEYS[4]
+local token = ARGV[1]
+local lease_ms = ARGV[2]
+if not redis.call('SET', lease, token, 'NX', 'PX', lease_ms) then
+  return false
+end
+if redis.call('EXISTS', inflight) == 0 then
+  if redis.call('EXISTS', digest) == 0 then
+    redis.call('DEL', lease)
+    return false
+  end
+  redis.call('RENAME', digest, inflight)
+  redis.call('DEL', opened)
+end
+return redis.call('HGETALL', inflight)
+"""
+
+_RELEASE = """
+local inflight = KEYS[1]
+local lease = KEYS[2]
+local token = ARGV[1]
+local done = ARGV[2]
+if redis.call('GET', lease) ~= token then
+  return 0
+end
+if done == '1' then
+  redis.call('DEL', inflight)
+end
+redis.call('DEL', lease)
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """The parts of a job event a message shows, read defensively: rendering never raises."""
+
+    event_id: str
+    time: str | None
+    sequence: int
+    store: str
+    source: str
+    status: str
+    previous_status: str | None
+    job_id: str
+    job_type: str
+    created_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    errors: tuple[str, ...]
+    file_locations: tuple[str, ...]
+
+    @classmethod
+    def of(cls, event: Mapping[str, Any]) -> JobView:
+        data = _mapping(event.get("data"))
+        job = _mapping(data.get("job"))
+        errors = data.get("errors")
+        files = data.get("file_locations")
+        return cls(
+            event_id=str(event.get("id") or ""),
+            time=_optional_str(event.get("time")),
+            sequence=_int(event.get("sequence")),
+            store=str(data.get("store") or "?"),
+            source=str(data.get("source") or "?"),
+            status=str(data.get("status") or job.get("status") or "unknown"),
+            previous_status=_optional_str(data.get("previous_status")),
+            job_id=str(job.get("id") or event.get("subject") or "?"),
+            job_type=str(job.get("type") or "job"),
+            created_at=_optional_str(job.get("created_at")),
+            started_at=_optional_str(job.get("started_at")),
+            completed_at=_optional_str(job.get("completed_at")),
+            errors=tuple(_error_text(e) for e in errors) if isinstance(errors, list) else (),
+            file_locations=tuple(str(f) for f in files) if isinstance(files, list) else (),
+        )
+
+
+class SlackSink:
+    """Posts job events to one Slack channel, through an incoming webhook or as a bot.
+
+    Bot mode keeps one message per job and edits it as the job moves; a failed job's errors
+    go into a thread under it. Webhook mode cannot edit, so it posts one message per event.
+    When failures come in a storm, the ones past `group_threshold` within `group_window`
+    become one digest message instead of one message each.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        redis: aioredis.Redis,
+        *,
+        webhook_url: str | None = None,
+        token: str | None = None,
+        channel: str | None = None,
+        api_base_url: str = "https://slack.com/api/",
+        link_template: str | None = None,
+        group_window: float = 30.0,
+        group_threshold: int = 5,
+        timeout: float = 15.0,
+        allow_private_networks: bool = False,
+        min_interval: float = 1.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if webhook_url and token:
+            raise ValueError("set webhook_url (incoming webhook) or token (bot), not both")
+        if not webhook_url and not token:
+            raise ValueError("set webhook_url (incoming webhook) or token + channel (bot)")
+        if token and not channel:
+            raise ValueError("channel is required with token (bot mode)")
+        if webhook_url:
+            check_url(webhook_url)
+            parsed = yarl.URL(webhook_url)
+            # The path alone is the credential too: mask it wherever it might be quoted.
+            register_secrets([webhook_url, parsed.raw_path_qs if len(parsed.path) > 8 else None])
+        else:
+            check_url(api_base_url)
+        register_secrets([token])
+        if link_template is not None:
+            _check_link_template(link_template)
+        if group_threshold < 0 or min_interval < 0:
+            raise ValueError("group_threshold and min_interval must not be negative")
+        self.name = name
+        self._redis = redis
+        self._webhook_url = yarl.URL(webhook_url) if webhook_url else None
+        self._token = token
+        self._channel = channel
+        self._api_base = api_base_url if api_base_url.endswith("/") else api_base_url + "/"
+        self._link_template = link_template
+        self._group_window = group_window
+        self._group_threshold = group_threshold
+        self._timeout = timeout
+        self._allow_private_networks = allow_private_networks
+        self._min_interval = min_interval
+        self._session = session
+        self._owns_session = session is None
+        # Waits between the tries of one digest send; an attribute so tests can shorten it.
+        self.digest_backoff: tuple[float, ...] = DIGEST_BACKOFF
+        # One send at a time, in arrival order (asyncio.Lock is FIFO): Slack allows about one
+        # message per second per channel or webhook, and a job's events must not race to
+        # create two messages for it.
+        self._lock = asyncio.Lock()
+        self._next_send = 0.0  # time.monotonic() before which the next request waits
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        prefix = f"jb:slack:{{{name}}}"
+        self._key_prefix = prefix
+        self._recent_key = f"{prefix}:recent"
+        self._digest_key = f"{prefix}:digest"
+        self._opened_key = f"{prefix}:digest:opened"
+        self._inflight_key = f"{prefix}:digest:inflight"
+        self._lease_key = f"{prefix}:digest:lease"
+        self.stats_key = f"{prefix}:stats"
+        self._fold_script = redis.register_script(_FOLD)
+        self._take_script = redis.register_script(_TAKE)
+        self._release_script = redis.register_script(_RELEASE)
+        self._log = log.bind(subscription=name, mode="bot" if token else "webhook")
+
+    @property
+    def _bot(self) -> bool:
+        return self._token is not None
+
+    @property
+    def _grouping(self) -> bool:
+        return self._group_window > 0
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = make_session(
+                allow_private_networks=self._allow_private_networks, timeout=self._timeout
+            )
+        if self._grouping and self._flusher is None:
+            # Its first round also sends a digest left over from before a restart.
+            self._flusher = asyncio.create_task(
+                self._flush_loop(), name=f"slack-digest-{self.name}"
+            )
+
+    async def close(self) -> None:
+        # An unsent digest stays in Redis; the next start() sends it.
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def job_key(self, store: str, source: str, job_id: str) -> str:
+        """Where the ts and channel of a job's message are kept (bot mode)."""
+        return f"{self._key_prefix}:{store}:{source}:{job_id}"
+
+    async def deliver(self, event: dict[str, Any], body: bytes) -> DeliveryResult:
+        if self._session is None:
+            raise RuntimeError(f"slack sink {self.name!r} used before start()")
+        started = time.perf_counter()
+        view = JobView.of(event)
+        action = "folded"
+        try:
+            if self._grouping and view.status in FAILURE_STATUSES and await self._fold(view):
+                if self._bot:
+                    # An edit adds no message to the channel; it keeps the job's message from
+                    # saying "started" forever. Best effort: the digest carries the news.
+                    await self._to_channel(view, quiet=True)
+                result = DeliveryResult(ok=True, response_excerpt="folded into the digest")
+            elif self._bot:
+                result, action = await self._to_channel(view, quiet=False)
+            else:
+                async with self._lock:
+                    result = (await self._call(self._webhook_url, self._message(view))).result
+                action = "posted"
+        except (RedisError, OSError) as exc:
+            result = DeliveryResult(
+                ok=False, reason=f"Redis failed while preparing the message ({type(exc).__name__})"
+            )
+        result = replace(result, duration_ms=_since(started))
+        if result.ok:
+            self._log.info(
+                "slack_message_sent",
+                event_id=view.event_id,
+                job_id=view.job_id,
+                status=view.status,
+                action=action,
+            )
+        else:
+            self._log.debug(
+                "slack_delivery_failed",
+                event_id=view.event_id,
+                job_id=view.job_id,
+                status=result.status,
+                reason=result.reason,
+                retryable=result.retryable,
+                disable=result.disable,
+            )
+        return result
+
+    # Bot mode: one message per job, edited in place.
+
+    async def _to_channel(self, view: JobView, *, quiet: bool) -> tuple[DeliveryResult, str]:
+        """Post or update the job's message, then thread its errors. `quiet`: edit only."""
+        key = self.job_key(view.store, view.source, view.job_id)
+        async with self._lock:
+            stored = _decoded(await self._redis.hgetall(key))
+            if stored and _int(stored.get("seq")) > view.sequence:
+                # A retried older event: the message already shows a later state of the job.
+                return DeliveryResult(
+                    ok=True, response_excerpt="message shows a later state"
+                ), "skipped"
+            message = self._message(view)
+            reply: _Reply | None = None
+            action = "updated"
+            if stored.get("ts") and stored.get("channel"):
+                reply = await self._call(
+                    self._api("chat.update"),
+                    {"channel": stored["channel"], "ts": stored["ts"], **message},
+                )
+                if reply.data.get("error") in _MESSAGE_GONE:
+                    self._log.info("slack_message_replaced", job_id=view.job_id)
+                    reply, stored = None, {}
+            if reply is None:
+                if quiet:
+                    return DeliveryResult(ok=True), "skipped"
+                action = "posted"
+                reply = await self._call(
+                    self._api("chat.postMessage"), {"channel": self._channel, **message}
+                )
+                ts, channel = reply.data.get("ts"), reply.data.get("channel")
+                if reply.result.ok and isinstance(ts, str) and isinstance(channel, str):
+                    stored = {"ts": ts, "channel": channel}
+            if not reply.result.ok:
+                if quiet:
+                    self._log.info("slack_message_update_failed", reason=reply.result.reason)
+                return reply.result, action
+            if stored:
+                await self._remember(key, {**stored, "seq": str(view.sequence)})
+            if quiet or view.status != "failed" or not view.errors or not stored:
+                return reply.result, action
+            if stored.get("thread_event") == view.event_id:
+                return reply.result, action  # a redelivery: the errors are already there
+            thread = await self._call(
+                self._api("chat.postMessage"),
+                {
+                    "channel": stored["channel"],
+                    "thread_ts": stored["ts"],
+                    **render_error_thread(view),
+                },
+            )
+            if not thread.result.ok:
+                # Retried whole: the edit is harmless to repeat, the thread reply is not sent.
+                return thread.result, action
+            await self._remember(key, {"thread_event": view.event_id})
+            return reply.result, action
+
+    async def _remember(self, key: str, fields: dict[str, str]) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, MESSAGE_TTL)
+            await pipe.execute()
+
+    def _api(self, method: str) -> yarl.URL:
+        return yarl.URL(self._api_base + method)
+
+    def _message(self, view: JobView) -> dict[str, Any]:
+        message = render_job_message(
+            view,
+            link=self._link(view.job_id, view.store, view.job_type, view.source),
+            max_errors=MAIN_ERRORS_BOT if self._bot else MAIN_ERRORS_WEBHOOK,
+            errors_in_thread=self._bot,
+        )
+        # A job link is what people click; Slack's preview of it would only add noise.
+        return {**message, "unfurl_links": False, "unfurl_media": False}
+
+    def _link(self, job_id: str, store: str, job_type: str, source: str) -> str | None:
+        if self._link_template is None:
+            return None
+        values = {"job_id": job_id, "store": store, "job_type": job_type, "source": source}
+        url = self._link_template.format(
+            **{k: urllib.parse.quote(v, safe="") for k, v in values.items()}
+        )
+        return url if len(url) <= BUTTON_URL_MAX else None
+
+    # HTTP: paced, classified, never raising for the destination's faults.
+
+    async def _call(self, url: yarl.URL | None, payload: dict[str, Any]) -> _Reply:
+        """One request (the caller holds the lock), tried again once after a short 429."""
+        reply = await self._attempt(url, payload)
+        wait = reply.result.retry_after
+        if reply.result.status == 429 and wait is not None and wait <= SHORT_RETRY_AFTER:
+            self._log.info("slack_rate_limited", retry_after=wait)
+            reply = await self._attempt(url, payload)
+        return reply
+
+    async def _attempt(self, url: yarl.URL | None, payload: dict[str, Any]) -> _Reply:
+        assert self._session is not None and url is not None
+        wait = self._next_send - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        headers = {"content-type": "application/json; charset=utf-8"}
+        if self._token:
+            headers["authorization"] = f"Bearer {self._token}"
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        try:
+            async with self._session.post(
+                url, data=data, headers=headers, allow_redirects=False
+            ) as response:
+                reply = self._judge(response.status, response.headers, await _read_body(response))
+        except AddressRefused as exc:
+            reply = _Reply(DeliveryResult(ok=False, reason=exc.reason, retryable=False))
+        except TimeoutError:  # aiohttp's timeouts all derive from it
+            reply = _Reply(DeliveryResult(ok=False, reason=f"timed out after {self._timeout} s"))
+        except (aiohttp.ClientError, OSError) as exc:
+            reason = redact_text(_connection_failure(exc, url))
+            reply = _Reply(DeliveryResult(ok=False, reason=reason))
+        # Spaced from the end of the last request: Slack counts arrivals, and a slow answer
+        # must not let the next request arrive early.
+        self._next_send = time.monotonic() + self._min_interval
+        if reply.result.status == 429 and reply.result.retry_after:
+            self._next_send = max(self._next_send, time.monotonic() + reply.result.retry_after)
+        return reply
+
+    def _judge(self, status: int, headers: Mapping[str, str], raw: bytes) -> _Reply:
+        text = raw.decode(errors="replace")
+        common: dict[str, Any] = {
+            "status": status,
+            "response_excerpt": redact_text(text[:EXCERPT_CHARS]),
+        }
+        data: dict[str, Any] = {}
+        code: Any
+        if self._bot:
+            with contextlib.suppress(ValueError):
+                data = _mapping(json.loads(text))
+            if 200 <= status < 300 and data.get("ok") is True:
+                return _Reply(DeliveryResult(ok=True, **common), data)
+            code = data.get("error")
+        else:
+            if 200 <= status < 300:
+                return _Reply(DeliveryResult(ok=True, **common))
+            code = text.strip()
+        code = code if isinstance(code, str) and _CODE.fullmatch(code) else None
+        if status == 429 or code in ("ratelimited", "rate_limited"):
+            retry_after = parse_retry_after(headers.get("retry-after"))
+            where = "channel" if self._bot else "webhook"
+            reason = f"Slack is rate limiting this {where} (429 Too Many Requests)"
+            return _Reply(
+                DeliveryResult(ok=False, reason=reason, retry_after=retry_after, **common)
+            )
+        if status >= 500:
+            reason = f"Slack answered {_status_text(status)}" + (f" ({code})" if code else "")
+            return _Reply(DeliveryResult(ok=False, reason=reason, **common), data)
+        if code in SLACK_ERRORS:
+            kind, why = SLACK_ERRORS[code]
+            reason = f"Slack says {code}: {why}"
+            if kind == _BUG:
+                reason += f"{_slack_detail(data)}; this is a bug in jobs-bridge, please report it"
+            gone, bug = kind == _GONE, kind == _BUG
+            result = DeliveryResult(
+                ok=False, reason=reason, retryable=not (gone or bug), disable=gone, **common
+            )
+            return _Reply(result, data)
+        if status in (400, 403, 404, 410):
+            # The webhook or API address itself is wrong or gone: retrying cannot fix it.
+            reason = f"Slack answered {_status_text(status)}" + (f" ({code})" if code else "")
+            result = DeliveryResult(
+                ok=False, reason=reason, retryable=False, disable=True, **common
+            )
+            return _Reply(result, data)
+        if code is not None:
+            return _Reply(DeliveryResult(ok=False, reason=f"Slack says {code}", **common), data)
+        if 300 <= status < 400:
+            reason = f"Slack answered {_status_text(status)}; redirects are not followed"
+        elif 200 <= status < 300:
+            reason = f"Slack answered {_status_text(status)} without a readable result"
+        else:
+            reason = f"Slack answered {_status_text(status)}"
+        return _Reply(DeliveryResult(ok=False, reason=reason, **common), data)
+
+    # Digests: failures past the threshold wait in Redis and go out once per window.
+
+    async def _fold(self, view: JobView) -> bool:
+        """Count a failure; True when it went into the digest instead of its own message."""
+        entry = {
+            "t": time.time(),
+            "event_id": view.event_id,
+            "job_id": view.job_id,
+            "job_type": view.job_type,
+            "store": view.store,
+            "source": view.source,
+            "status": view.status,
+            "error": view.errors[0][:ERROR_CHARS] if view.errors else "",
+            "errors": len(view.errors),
+        }
+        folded = await self._fold_script(
+            keys=[self._recent_key, self._digest_key, self._opened_key, self._inflight_key],
+            args=[
+                repr(time.time()),
+                repr(self._group_window),
+                self._group_threshold,
+                view.event_id or f"{view.job_id}/{view.status}",
+                json.dumps(entry, ensure_ascii=False),
+                MESSAGE_TTL,
+            ],
+        )
+        if folded:
+            self._wake.set()
+            self._log.debug("slack_event_folded", event_id=view.event_id, job_id=view.job_id)
+        return bool(folded)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            self._wake.clear()  # before the check: a fold during it wakes the wait below
+            try:
+                delay = await self._seconds_to_flush()
+                if delay <= 0 and await self._flush_digest():
+                    continue
+            except (RedisError, OSError) as exc:
+                self._log.warning("slack_digest_check_failed", error=type(exc).__name__)
+                delay = 1.0
+            except Exception:
+                # A bug must not silently end digests for the life of the process.
+                self._log.exception("slack_digest_loop_failed")
+                delay = 1.0
+            # Nothing here to send now; another replica may be sending, so look again soon.
+            delay = max(delay, 1.0) if delay <= 0 else delay
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _seconds_to_flush(self) -> float:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._opened_key)
+            pipe.exists(self._inflight_key)
+            pipe.exists(self._lease_key)
+            opened, inflight, leased = await pipe.execute()
+        if inflight and not leased:
+            return 0.0  # left behind by a sender that stopped
+        if opened is None:
+            # No digest open. Other replicas may open one without waking us: look every window.
+            return self._group_window
+        return float(opened) + self._group_window - time.time()
+
+    def _lease_seconds(self) -> float:
+        tries = len(self.digest_backoff) + 1
+        per_try = 2 * (self._timeout + self._min_interval) + SHORT_RETRY_AFTER
+        return tries * per_try + sum(min(b, DIGEST_MAX_WAIT) for b in self.digest_backoff) + 60
+
+    async def _flush_digest(self) -> bool:
+        """Send the due digest; False when there was none to take."""
+        token = secrets.token_hex(8)
+        raw = await self._take_script(
+            keys=[self._digest_key, self._opened_key, self._inflight_key, self._lease_key],
+            args=[token, int(self._lease_seconds() * 1000)],
+        )
+        if not raw:
+            return False
+        entries = _entries(raw)
+        if not entries:  # nothing readable in it: drop it rather than send an empty digest
+            await self._release_script(
+                keys=[self._inflight_key, self._lease_key], args=[token, "1"]
+            )
+            return True
+        done = False
+        try:
+            result = await self._send_digest(entries)
+            done = True
+        finally:
+            # Stopped mid-send: keep the digest and free the lease, so a restart sends it now.
+            await self._release_script(
+                keys=[self._inflight_key, self._lease_key], args=[token, "1" if done else "0"]
+            )
+        jobs = [e.get("job_id") for e in entries]
+        if result.ok:
+            self._log.info("slack_digest_sent", events=len(entries), job_ids=jobs[:50])
+            await self._redis.hincrby(self.stats_key, "digests_sent", 1)
+        else:
+            self._log.error(
+                "slack_digest_failed",
+                events=len(entries),
+                job_ids=jobs[:50],
+                reason=result.reason,
+                status=result.status,
+            )
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hincrby(self.stats_key, "digests_failed", 1)
+                pipe.hincrby(self.stats_key, "digest_events_lost", len(entries))
+                await pipe.execute()
+        return True
+
+    async def _send_digest(self, entries: list[dict[str, Any]]) -> DeliveryResult:
+        message = render_digest(
+            entries,
+            window=self._group_window,
+            threshold=self._group_threshold,
+            now=time.time(),
+            link_for=lambda e: self._link(
+                str(e.get("job_id")),
+                str(e.get("store")),
+                str(e.get("job_type")),
+                str(e.get("source")),
+            ),
+        )
+        if self._bot:
+            url, payload = self._api("chat.postMessage"), {"channel": self._channel, **message}
+        else:
+            url, payload = self._webhook_url, message
+        waits: list[float | None] = [*self.digest_backoff, None]
+        for pause in waits:
+            async with self._lock:
+                result = (await self._call(url, payload)).result
+            if result.ok or not result.retryable or pause is None:
+                return result
+            pause = min(max(pause, result.retry_after or 0.0), DIGEST_MAX_WAIT)
+            self._log.info("slack_digest_retrying", reason=result.reason, wait=pause)
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable: the last wait is None")
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    result: DeliveryResult
+    data: dict[str, Any] = field(default_factory=dict)  # the Web API's JSON answer
+
+
+# Rendering. Every function returns a payload within Slack's limits, whatever the input.
+
+
+def render_job_message(
+    view: JobView,
+    *,
+    link: str | None = None,
+    max_errors: int = MAIN_ERRORS_WEBHOOK,
+    errors_in_thread: bool = False,
+) -> dict[str, Any]:
+    """Header, facts, first errors, link and context; the colour bar says how it went."""
+    title = f"{EMOJI.get(view.status, ':grey_question:')} {view.job_type} {view.status}"
+    status = view.status
+    if view.previous_status and view.previous_status != view.status:
+        status = f"{view.previous_status} → {view.status}"
+    facts = [
+        ("Store", _plain(view.store)),
+        ("Job ID", f"`{_plain(view.job_id)}`"),
+        ("Type", _plain(view.job_type)),
+        ("Source", _plain(view.source)),
+        ("Status", _plain(status)),
+        ("Created", _when(view.created_at)),
+        ("Started", _when(view.started_at)),
+        ("Completed", _when(view.completed_at)),
+        _duration_fact(view),
+    ]
+    fields = [_field(label, value) for label, value in facts if value]
+    blocks: list[dict[str, Any]] = [
+        _header(title),
+        {"type": "section", "fields": fields[:FIELDS_MAX]},
+    ]
+    if view.errors:
+        count = len(view.errors)
+        heading = f"*{count} error{'s' if count != 1 else ''}*"
+        more = " (all in the thread)" if errors_in_thread else ""
+        lines = [f"• {_escape(_cut(e, ERROR_CHARS))}" for e in view.errors[:max_errors]]
+        blocks += [_section(t) for t in _pack(heading, lines, count, max_sections=1, more=more)]
+    if view.file_locations:
+        files = [f"• {_escape(_cut(f, ERROR_CHARS))}" for f in view.file_locations[:5]]
+        blocks += [_section(t) for t in _pack("*Files*", files, len(view.file_locations))]
+    if link:
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "text": {"type": "plain_text", "text": "Open job"},
+                        "url": link,
+                    }
+                ],
+            }
+        )
+    blocks.append(_context(view))
+    text = f"{title}: job {_cut(view.job_id, VALUE_CHARS)} in {view.store} ({view.source})"
+    if view.errors:
+        text += f" - {_cut(view.errors[0], ERROR_CHARS)}"
+    return {
+        "text": _escape(_cut(text, TEXT_MAX // 2)),
+        "attachments": [
+            {"color": COLOURS.get(view.status, NEUTRAL_COLOUR), "blocks": blocks[:BLOCKS_MAX]}
+        ],
+    }
+
+
+def render_error_thread(view: JobView) -> dict[str, Any]:
+    """The thread reply under a failed job's message: its errors, numbered."""
+    count = len(view.errors)
+    heading = f"*{count} error{'s' if count != 1 else ''}* of {view.job_type} `{view.job_id}`"
+    lines = [
+        f"{n}. {_escape(_cut(e, ERROR_CHARS))}"
+        for n, e in enumerate(view.errors[:THREAD_ERRORS], 1)
+    ]
+    sections = _pack(_cut(heading, VALUE_CHARS), lines, count, max_sections=THREAD_SECTIONS)
+    text = f"{count} errors of {view.job_type} {view.job_id}"
+    return {"text": _escape(_cut(text, TEXT_MAX)), "blocks": [_section(t) for t in sections]}
+
+
+def render_digest(
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    window: float,
+    threshold: int,
+    now: float,
+    link_for: Callable[[Mapping[str, Any]], str | None] = lambda _: None,
+) -> dict[str, Any]:
+    """One message for many failures: counts by job type, then the first few, then '… and N'."""
+    entries = sorted(entries, key=lambda e: float(e.get("t") or 0))
+    count = len(entries)
+    statuses = Counter(str(e.get("status")) for e in entries)
+    verb = {frozenset({"failed"}): "failed", frozenset({"stalled"}): "stalled"}.get(
+        frozenset(statuses), "failed or stalled"
+    )
+    first = float(entries[0].get("t") or now) if entries else now
+    # On time it covers the window; flushed late (after a restart) it covers more.
+    span = window if now - first <= window + 10 else now - first
+    title = (
+        f":rotating_light: {count} job{'s' if count != 1 else ''} {verb} in the last {_human(span)}"
+    )
+    by_type = Counter(str(e.get("job_type")) for e in entries).most_common()
+    shown = by_type if len(by_type) <= FIELDS_MAX else by_type[: FIELDS_MAX - 1]
+    fields = [_field(_cut(t, VALUE_CHARS), f"{n}") for t, n in shown]
+    if len(shown) < len(by_type):
+        fields.append(_field("Other types", str(sum(n for _, n in by_type[len(shown) :]))))
+    lines = []
+    for e in entries[:DIGEST_LINES]:
+        job_id = _cut(str(e.get("job_id")), VALUE_CHARS)
+        link = link_for(e)
+        shown_id = f"<{link}|{_escape(job_id)}>" if link else f"`{_escape(job_id)}`"
+        line = f"• {_escape(_cut(str(e.get('job_type')), 100))} {shown_id}"
+        line += f" ({_escape(_cut(str(e.get('store')), 100))}/{_escape(str(e.get('source'))[:10])})"
+        if e.get("status") != "failed":
+            line += f" {_escape(str(e.get('status'))[:20])}"
+        if e.get("error"):
+            line += f": {_escape(_cut(str(e['error']), ERROR_CHARS))}"
+        lines.append(line)
+    blocks: list[dict[str, Any]] = [_header(title), {"type": "section", "fields": fields}]
+    blocks += [_section(t) for t in _pack("", lines, count, max_sections=1)]
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": f"jobs-bridge · grouped because more than {threshold} jobs failed "
+                    f"or stalled within {_human(window)}",
+                }
+            ],
+        }
+    )
+    summary = ", ".join(f"{t}: {n}" for t, n in by_type[:5])
+    text = _cut(f"{title.removeprefix(':rotating_light: ')}: {summary}", TEXT_MAX)
+    return {
+        "text": _escape(text),
+        "attachments": [{"color": COLOURS["failed"], "blocks": blocks}],
+        "unfurl_links": False,
+        "unfurl_media": False,
+    }
+
+
+def _header(text: str) -> dict[str, Any]:
+    return {
+        "type": "header",
+        "text": {"type": "plain_text", "text": _cut(text, HEADER_MAX), "emoji": True},
+    }
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": _cut(text, SECTION_TEXT_MAX)}}
+
+
+def _field(label: str, value: str) -> dict[str, str]:
+    # Values are cut before escaping (so no entity is cut in half), and escaping grows a
+    # value at most fivefold: VALUE_CHARS keeps any field far below FIELD_MAX.
+    text = f"*{_escape(_cut(label, 100))}*\n{value}"
+    return {"type": "mrkdwn", "text": _cut(text, FIELD_MAX)}
+
+
+def _context(view: JobView) -> dict[str, Any]:
+    parts = ["jobs-bridge", f"event `{_escape(_cut(view.event_id, 100))}`"]
+    if view.time:
+        parts.append(f"observed {_when(view.time)}")
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(parts)}]}
+
+
+def _pack(
+    heading: str, lines: Sequence[str], total: int, *, max_sections: int = 1, more: str = ""
+) -> list[str]:
+    """Lines into at most `max_sections` section texts, ending with '… and N more' if cut."""
+    budget = SECTION_TEXT_MAX - 100  # leaves room for the closing '… and N more' line
+    sections: list[str] = []
+    current = heading
+    shown = 0
+    for line in lines:
+        candidate = f"{current}\n{line}" if current else line
+        if len(candidate) > budget:
+            if len(sections) + 1 >= max_sections:
+                break
+            sections.append(current)
+            candidate = line
+        current = candidate
+        shown += 1
+    if total > shown:
+        current = (
+            f"{current}\n… and {total - shown} more{more}"
+            if current
+            else f"… and {total - shown} more"
+        )
+    sections.append(current)
+    return [s for s in sections if s]
+
+
+def _duration_fact(view: JobView) -> tuple[str, str]:
+    started = _parse(view.started_at)
+    ended = _parse(view.completed_at)
+    if started and ended:
+        return "Duration", _human((ended - started).total_seconds())
+    if view.status == "stalled":
+        since = started or _parse(view.created_at)
+        observed = _parse(view.time)
+        if since and observed:
+            label = "Running for" if started else "Waiting for"
+            return label, _human((observed - since).total_seconds())
+    return "Duration", ""
+
+
+def _when(value: str | None) -> str:
+    """A Slack date token: each reader sees it in their own time zone."""
+    moment = _parse(value)
+    if moment is None:
+        return _escape(_cut(value, 100)) if value else ""
+    fallback = moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"<!date^{int(moment.timestamp())}^{{date_short_pretty}} {{time_secs}}|{fallback}>"
+
+
+def _parse(value: str | None) -> datetime | None:
+    try:
+        moment = parse_timestamp(value)
+    except ValueError:
+        return None
+    return moment.astimezone(UTC) if moment else None
+
+
+def _human(seconds: float) -> str:
+    if seconds < 0:
+        return "0 s"
+    if seconds < 10:
+        return f"{seconds:.3g} s"
+    total = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if total >= size or (unit == "s" and not parts):
+            parts.append(f"{total // size} {unit}")
+            total %= size
+    return " ".join(parts[:2])
+
+
+def _plain(text: str) -> str:
+    return _escape(_cut(text, VALUE_CHARS))
+
+
+def _escape(text: str) -> str:
+    # The three characters Slack's mrkdwn reserves for links and mentions.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, Mapping):
+        for key in ("message", "detail", "title", "error"):
+            if isinstance(error.get(key), str) and error[key]:
+                text = error[key]
+                break
+        else:
+            text = json.dumps(error, ensure_ascii=False, default=str)
+    else:
+        text = str(error)
+    return " ".join(text.split()) or "(no message)"
+
+
+def _slack_detail(data: Mapping[str, Any]) -> str:
+    # Slack explains refused blocks in response_metadata.messages; the first says where.
+    messages = _mapping(data.get("response_metadata")).get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[0], str):
+        return f" ({redact_text(_cut(messages[0], 200))})"
+    return ""
+
+
+def _check_link_template(template: str) -> None:
+    sample = {"job_id": "job", "store": "store", "job_type": "type", "source": "pcm"}
+    try:
+        url = template.format(**sample)
+    except (KeyError, IndexError, ValueError, AttributeError):
+        raise ValueError(
+            "link_template may use {job_id}, {store}, {job_type} and {source} only"
+        ) from None
+    try:
+        check_url(url)
+    except ValueError as exc:
+        raise ValueError(f"link_template: {exc}") from None
+
+
+def _status_text(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    buffer = bytearray()
+    try:
+        while len(buffer) < _MAX_BODY:
+            chunk = await response.content.read(_MAX_BODY - len(buffer))
+            if not chunk:
+                break
+            buffer += chunk
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # the status already says most; a broken body only shortens what we read
+    return bytes(buffer)
+
+
+def _entries(raw: Sequence[Any]) -> list[dict[str, Any]]:
+    values = [v.decode() if isinstance(v, bytes) else v for v in raw[1::2]]
+    entries = []
+    for value in values:
+        with contextlib.suppress(ValueError, TypeError):
+            entry = json.loads(value)
+            if isinstance(entry, dict):
+                entries.append(entry)
+    return entries
+
+
+def _decoded(mapping: Mapping[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in mapping.items()
+    }
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _optional_str(value: Any) -> str | None:
+    return str(value) if value is not None and value != "" else None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
