@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 import structlog
+from aiohttp import web
 
+from bridge.api import make_api
 from bridge.config import (
     BridgeConfig,
     NatsSubscription,
@@ -164,14 +166,28 @@ class Bridge:
             for p in self.pollers
         ]
         tasks.append(asyncio.create_task(self.dispatcher.run(stop), name="dispatcher"))
+        api = await self._start_api()
         log.info("bridge_started", stores=len(self.stores), pollers=len(self.pollers))
         try:
             await stop.wait()
         finally:
+            if api is not None:
+                await api.cleanup()
             await _finish(tasks)
             for client in self.clients.values():
                 await client.close()
             log.info("bridge_stopped")
+
+    async def _start_api(self) -> web.AppRunner | None:
+        api = self.config.api
+        if api is None:
+            return None
+        token = api.token.get_secret_value() if api.token else None
+        runner = web.AppRunner(make_api(self, token), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, api.host, api.port).start()
+        log.info("api_listening", listen=api.listen, auth=token is not None)
+        return runner
 
 
 async def _finish(tasks: list[asyncio.Task[None]]) -> None:

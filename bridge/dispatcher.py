@@ -12,7 +12,7 @@ import os
 import random
 import socket
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,7 +76,8 @@ class Dispatcher:
         self.claim_idle = claim_idle
         self.block = block
         self.batch = batch
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()  # outbox entries: routed, claimed
+        self.counts: defaultdict[str, Counter[str]] = defaultdict(Counter)  # per subscription
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._per_subscription = {
             s.name: asyncio.Semaphore(s.concurrency) for s in self.subscriptions.values()
@@ -115,7 +116,8 @@ class Dispatcher:
             await self.drain()
             for sink in self.sinks.values():
                 await sink.close()
-            log.info("dispatcher_stopped", consumer=self.consumer, **self.stats)
+            totals = sum(self.counts.values(), Counter())
+            log.info("dispatcher_stopped", consumer=self.consumer, **self.stats, **totals)
 
     async def drain(self) -> None:
         """Wait for deliveries in flight; what is left is claimed again after a restart."""
@@ -214,7 +216,7 @@ class Dispatcher:
             await self.deliveries.dead_letter(
                 sub.name, event, 0, f"subscription disabled: {health.disabled_reason}"
             )
-            self.stats["dead_lettered"] += 1
+            self.counts[sub.name]["dead_lettered"] += 1
             return
         await self.attempt(sub, event, body, attempt=1)
 
@@ -267,12 +269,12 @@ class Dispatcher:
         await self.deliveries.record_attempt(sub.name, event["id"], attempt, result)
         bound = log.bind(subscription=sub.name, event_id=event["id"], attempt=attempt)
         if result.ok:
-            self.stats["delivered"] += 1
+            self.counts[sub.name]["delivered"] += 1
             if attempt > 1:
                 await self.deliveries.settle(sub.name, event["id"])
             bound.debug("delivery_succeeded", status=result.status)
             return result
-        self.stats["failed_attempts"] += 1
+        self.counts[sub.name]["failed_attempts"] += 1
         reason = result.reason or "delivery failed"
         if result.disable:
             await self._disable(sub.name, reason)
@@ -288,12 +290,12 @@ class Dispatcher:
                     await self.deliveries.schedule_retry(
                         sub.name, event, attempt, time.time() + delay
                     )
-                    self.stats["retries_scheduled"] += 1
+                    self.counts[sub.name]["retries_scheduled"] += 1
                     bound.info("delivery_failed", reason=reason, retry_in=round(delay, 2))
                     return result
                 reason = f"gave up after {attempt} attempts: {reason}"
         await self.deliveries.dead_letter(sub.name, event, attempt, reason)
-        self.stats["dead_lettered"] += 1
+        self.counts[sub.name]["dead_lettered"] += 1
         bound.warning("delivery_dead_lettered", reason=reason)
         return result
 

@@ -152,6 +152,7 @@ class Poller:
             else:
                 report = await self._incremental()
         report.requests = self.client.requests - requests_before
+        await self.store.set_meta(**{f"last_poll:{self.source}": time.time()})
         self.stats["cycles"] += 1
         self.stats["requests"] += report.requests
         self.stats["events"] += report.emitted

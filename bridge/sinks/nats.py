@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from typing import Any
@@ -91,11 +92,11 @@ class NatsSink:
         self._log = log.bind(subscription=name, broker=self._where, stream=stream)
 
     async def start(self) -> None:
-        # The server may be down at start: say so, and let deliver() connect when it is back.
-        try:
+        self._closing = False
+        # The server may be down at start: _open() has logged it, and deliver() connects once
+        # it is back.
+        with contextlib.suppress(*_ERRORS):
             await self._open()
-        except _ERRORS as exc:
-            self._set_connected(False, self._failure(exc))
 
     async def close(self) -> None:
         self._closing = True
@@ -136,6 +137,12 @@ class NatsSink:
                 )
                 duplicate = ack.duplicate
                 result = DeliveryResult(ok=True, duration_ms=_since(started))
+        except nats.errors.MaxPayloadError:
+            # The same event will be just as large next time: retrying cannot help.
+            reason = f"event of {len(body)} bytes exceeds max_payload of NATS at {self._where}"
+            result = DeliveryResult(
+                ok=False, reason=reason, retryable=False, duration_ms=_since(started)
+            )
         except nats.js.errors.NoStreamResponseError:
             # No stream listens on the subject (deleted, or never created): create it next time.
             self._stream_ready = False
@@ -165,10 +172,18 @@ class NatsSink:
             if self._nc is None or self._js is None or self._nc.is_closed:
                 self._nc = await self._connect()
                 self._js = self._nc.jetstream(timeout=self._timeout)
-            if self._stream and self._create_stream and not self._stream_ready:
-                await self._ensure_stream(self._js, self._stream)
+            nc, js = self._nc, self._js
+            # While reconnecting, deliver() says so without waiting for the stream.
+            if nc.is_connected and self._stream and self._create_stream and not self._stream_ready:
+                try:
+                    await self._ensure_stream(js, self._stream)
+                except _ERRORS as exc:
+                    # Connected, but no stream (JetStream off, subjects taken by another
+                    # stream, no permission): try again on the next delivery.
+                    self._log.warning("stream_setup_failed", reason=self._failure(exc))
+                    raise
                 self._stream_ready = True
-            return self._nc, self._js
+            return nc, js
 
     async def _connect(self) -> Client:
         nc = Client()
@@ -199,8 +214,10 @@ class NatsSink:
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
             )
-        except BaseException:
+        except BaseException as exc:
             await nc.close()
+            if isinstance(exc, _ERRORS):
+                self._set_connected(False, self._failure(exc))
             raise
         nc.options["max_reconnect_attempts"] = -1  # read on every reconnect: never give up
         self._set_connected(True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -74,11 +75,11 @@ class RabbitMQSink:
         self._log = log.bind(subscription=name, broker=self._where, exchange=exchange)
 
     async def start(self) -> None:
-        # The broker may be down at start: say so, and let deliver() connect when it is back.
-        try:
+        self._closing = False
+        # The broker may be down at start: _connect() has logged it, and deliver() connects
+        # once it is back.
+        with contextlib.suppress(*CONNECTION_EXCEPTIONS):
             await self._open()
-        except CONNECTION_EXCEPTIONS as exc:
-            self._set_connected(False, self._failure(exc))
 
     async def close(self) -> None:
         self._closing = True
@@ -90,42 +91,41 @@ class RabbitMQSink:
         event_id = str(event["id"])
         key = routing_key(event)
         started = time.perf_counter()
-        try:
-            connection, channel, exchange = await self._open()
-            if not connection.connected.is_set():
-                # The robust connection is reconnecting; publishing would wait for it.
-                reason = f"not connected to RabbitMQ at {self._where} (reconnecting)"
-                result = DeliveryResult(ok=False, reason=reason, duration_ms=_since(started))
-            else:
-                async with asyncio.timeout(self._timeout):
-                    await channel.ready()  # channel and exchange restored after a reconnect
-                    # mandatory=False: an event nobody has bound a queue for is not an error.
-                    await exchange.publish(
-                        _message(event, body), key, mandatory=False, timeout=self._timeout
-                    )
-                result = DeliveryResult(ok=True, duration_ms=_since(started))
-        except DeliveryError as exc:
-            # Basic.Nack or Basic.Reject: the broker could not take responsibility for it.
-            reason = (
-                f"RabbitMQ at {self._where} did not accept the message ({type(exc.frame).__name__})"
-            )
-            result = DeliveryResult(ok=False, reason=reason, duration_ms=_since(started))
-        except TimeoutError:
-            reason = f"no publisher confirm from RabbitMQ at {self._where} within {self._timeout} s"
-            result = DeliveryResult(ok=False, reason=reason, duration_ms=_since(started))
-        except CONNECTION_EXCEPTIONS as exc:
-            result = DeliveryResult(
-                ok=False, reason=self._failure(exc), duration_ms=_since(started)
-            )
+        reason = await self._publish(_message(event, body), key)
+        result = DeliveryResult(ok=not reason, reason=reason, duration_ms=_since(started))
         self._log.debug(
             "delivery_attempted",
             event_id=event_id,
             routing_key=key,
             ok=result.ok,
-            reason=result.reason or None,
+            reason=reason or None,
             duration_ms=result.duration_ms,
         )
         return result
+
+    async def _publish(self, message: aio_pika.Message, key: str) -> str:
+        """Empty once the broker confirmed the message, else why it did not."""
+        try:
+            connection, channel, exchange = await self._open()
+        except CONNECTION_EXCEPTIONS as exc:
+            return self._failure(exc)
+        if not connection.connected.is_set():
+            # The robust connection is reconnecting; publishing would wait for it.
+            return f"not connected to RabbitMQ at {self._where} (reconnecting)"
+        try:
+            async with asyncio.timeout(self._timeout):
+                await channel.ready()  # channel and exchange restored after a reconnect
+                # mandatory=False: an event nobody has bound a queue for is not an error.
+                await exchange.publish(message, key, mandatory=False, timeout=self._timeout)
+        except DeliveryError as exc:
+            # Basic.Nack or Basic.Reject: the broker could not take responsibility for it.
+            frame = type(exc.frame).__name__
+            return f"RabbitMQ at {self._where} did not accept the message ({frame})"
+        except TimeoutError:
+            return f"no publisher confirm from RabbitMQ at {self._where} within {self._timeout} s"
+        except CONNECTION_EXCEPTIONS as exc:
+            return self._failure(exc)
+        return ""
 
     async def _open(
         self,
@@ -139,12 +139,17 @@ class RabbitMQSink:
     async def _connect(
         self,
     ) -> tuple[AbstractRobustConnection, AbstractRobustChannel, AbstractExchange]:
-        connection = await aio_pika.connect_robust(
-            self._url,
-            timeout=self._timeout,
-            reconnect_interval=RECONNECT_INTERVAL,
-            client_properties={"connection_name": f"jobs-bridge {self.name}"},
-        )
+        try:
+            connection = await aio_pika.connect_robust(
+                self._url,
+                timeout=self._timeout,
+                reconnect_interval=RECONNECT_INTERVAL,
+                client_properties={"connection_name": f"jobs-bridge {self.name}"},
+            )
+        except CONNECTION_EXCEPTIONS as exc:
+            self._set_connected(False, self._failure(exc))
+            raise
+        self._set_connected(True)
         try:
             channel = await connection.channel(publisher_confirms=True)
             # Declared (and re-declared on every reconnect by aio-pika) so that publishing
@@ -155,12 +160,15 @@ class RabbitMQSink:
                 durable=True,
                 timeout=self._timeout,
             )
-        except BaseException:
+        except BaseException as exc:
             await connection.close()
+            if isinstance(exc, CONNECTION_EXCEPTIONS):
+                # Connected, but the exchange cannot be used (declared with another type, no
+                # permission): start over on the next delivery, after the operator fixed it.
+                self._log.warning("exchange_declare_failed", reason=self._failure(exc))
             raise
         connection.close_callbacks.add(self._on_connection_closed)
         connection.reconnect_callbacks.add(self._on_reconnected)
-        self._set_connected(True)
         return connection, channel, exchange
 
     def _on_connection_closed(self, _connection: Any, exc: BaseException | None = None) -> None:

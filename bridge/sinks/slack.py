@@ -260,6 +260,7 @@ class SlackSink:
         min_interval: float = 1.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
+        webhook_url, token = webhook_url or None, token or None
         if webhook_url and token:
             raise ValueError("set webhook_url (incoming webhook) or token (bot), not both")
         if not webhook_url and not token:
