@@ -194,7 +194,14 @@ class Dispatcher:
             log.warning("outbox_entry_failed", error=repr(task.exception()))
 
     async def _handle_entry(self, key: str, entry_id: str, fields: dict[str, str]) -> None:
-        event = event_from_outbox(fields)
+        try:
+            event = event_from_outbox(fields)
+        except (KeyError, ValueError) as exc:
+            # Unreadable entries would come back forever: acknowledge, and say so loudly.
+            log.error("outbox_entry_invalid", stream=key, entry_id=entry_id, error=repr(exc))
+            self.stats["invalid_entries"] += 1
+            await self.redis.xack(key, GROUP, entry_id)
+            return
         body = encode(event)
         data = event["data"]
         targets = [

@@ -58,6 +58,7 @@ class TransientError(ApiError):
     """429, 5xx, timeout or connection failure that outlasted the retries."""
 
     retryable = True
+    retry_after: float | None = None  # what the API asked for, when it said
 
 
 class MalformedResponse(ApiError):
@@ -309,67 +310,77 @@ class ElasticPathClient:
     # -- transport -----------------------------------------------------------------------
 
     async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+        """GET with the token, the rate budget, and retries of whatever may pass."""
         attempt = 0
         refreshed_after_401 = False
         while True:
-            await self.limiter.acquire()
-            token = await self.tokens.get()
-            self.requests += 1
-            delay: float | None = None
             try:
-                async with self._session.get(
-                    self.api_base + path,
-                    params=params,
-                    headers={"authorization": f"Bearer {token}"},
-                ) as response:
-                    text = await response.text()
-                    status = response.status
-                    retry_after = _retry_after(response.headers.get("retry-after"))
-                    header_request_id = response.headers.get("x-request-id")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                error: ApiError = TransientError("GET", path, _describe(exc))
-            else:
-                if status == 200:
-                    try:
-                        return json.loads(text)
-                    except ValueError:
-                        raise MalformedResponse(
-                            "GET",
-                            path,
-                            "body is not valid JSON",
-                            status=status,
-                            request_id=header_request_id,
-                        ) from None
-                info = _error_from_body(status, text)
-                request_id = info.request_id or header_request_id
-                if status == 401 and not refreshed_after_401:
-                    refreshed_after_401 = True
-                    await self.tokens.invalidate(token)
-                    self._log.info("token_rejected", path=path)
-                    continue
-                if status == 404:
-                    raise NotFound("GET", path, info.message, status=status, request_id=request_id)
-                if not _retryable_status(status):
-                    kind = Forbidden if status in (401, 403) else ApiError
-                    raise kind("GET", path, info.message, status=status, request_id=request_id)
-                error = TransientError(
-                    "GET", path, info.message, status=status, request_id=request_id
+                return await self._get_once(path, params)
+            except _TokenRejected as rejected:
+                if refreshed_after_401:
+                    raise Forbidden("GET", path, rejected.message, status=401) from None
+                refreshed_after_401 = True
+                await self.tokens.invalidate(rejected.token)
+                self._log.info("token_rejected", path=path)
+            except TransientError as error:
+                if attempt >= self.max_retries:
+                    raise
+                delay = error.retry_after
+                if delay is None:
+                    # Exponential backoff with full jitter: many clients' retries spread out.
+                    delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+                attempt += 1
+                self._log.warning(
+                    "api_request_retried",
+                    path=path,
+                    attempt=attempt,
+                    delay=round(delay, 3),
+                    error=str(error),
                 )
-                delay = retry_after
-            if attempt >= self.max_retries:
-                raise error
-            if delay is None:
-                # Exponential backoff with full jitter: retries of many clients spread out.
-                delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
-            attempt += 1
-            self._log.warning(
-                "api_request_retried",
-                path=path,
-                attempt=attempt,
-                delay=round(delay, 3),
-                error=str(error),
-            )
-            await asyncio.sleep(delay)
+                await asyncio.sleep(delay)
+
+    async def _get_once(self, path: str, params: dict[str, str] | None) -> Any:
+        await self.limiter.acquire()
+        token = await self.tokens.get()  # a TransientError here is retried like any other
+        self.requests += 1
+        try:
+            async with self._session.get(
+                self.api_base + path, params=params, headers={"authorization": f"Bearer {token}"}
+            ) as response:
+                text = await response.text()
+                status = response.status
+                retry_after = _retry_after(response.headers.get("retry-after"))
+                header_request_id = response.headers.get("x-request-id")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError("GET", path, _describe(exc)) from None
+        if status == 200:
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise MalformedResponse(
+                    "GET", path, "body is not valid JSON", status=status,
+                    request_id=header_request_id,
+                ) from None  # fmt: skip
+        info = _error_from_body(status, text)
+        request_id = info.request_id or header_request_id
+        if status == 401:
+            raise _TokenRejected(token, info.message)
+        if status == 404:
+            raise NotFound("GET", path, info.message, status=status, request_id=request_id)
+        if not _retryable_status(status):
+            kind = Forbidden if status == 403 else ApiError
+            raise kind("GET", path, info.message, status=status, request_id=request_id)
+        error = TransientError("GET", path, info.message, status=status, request_id=request_id)
+        error.retry_after = retry_after
+        raise error
+
+
+class _TokenRejected(Exception):
+    """A 401 on a request: the token expired early or was revoked."""
+
+    def __init__(self, token: str, message: str) -> None:
+        self.token = token
+        self.message = message
 
 
 def _list_data(body: Any, method: str, path: str) -> list[Any]:

@@ -1,0 +1,119 @@
+"""Benchmark: observations per second through the observe Lua script, and Redis memory per job.
+
+Run: `python bench/observe_throughput.py` (Redis at REDIS_URL, default redis://127.0.0.1:6379/14,
+is flushed at start and end). `Store.observe` is called with batches of 500 (one pipeline each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import redis.asyncio as aioredis
+
+from bridge.jobs import Job
+from bridge.store import Observation, Store
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
+JOBS = 100_000
+BATCH = 500
+CREATED = datetime(2024, 1, 5, 13, 46, 41, 695_000, tzinfo=UTC)
+
+
+def make_jobs(status: str, ids: list[str], started: bool) -> list[Job]:
+    started_at = CREATED + timedelta(seconds=1) if started else None
+    completed_at = CREATED + timedelta(seconds=2) if status in ("success", "failed") else None
+    return [
+        Job(
+            id=job_id,
+            source="pcm",
+            type="product-import",
+            status=status,
+            created_at=CREATED,
+            # As the API does: updated_at moves on start, not on completion.
+            updated_at=started_at or CREATED,
+            started_at=started_at,
+            completed_at=completed_at,
+            meta={"x_request_id": job_id},
+        )
+        for job_id in ids
+    ]
+
+
+def observations(jobs: list[Job], silent: bool = False) -> list[Observation]:
+    return [
+        Observation(
+            job=job,
+            silent=silent,
+            stall_reference_ms=None if job.terminal else int(CREATED.timestamp() * 1000),
+        )
+        for job in jobs
+    ]
+
+
+async def run(store: Store, label: str, batch: list[Observation]) -> None:
+    results: Counter[str] = Counter()
+    started = time.perf_counter()
+    for at in range(0, len(batch), BATCH):
+        outcomes = await store.observe(batch[at : at + BATCH])
+        results.update(outcome.result for outcome in outcomes)
+    seconds = time.perf_counter() - started
+    outcome_text = ", ".join(f"{name}={count}" for name, count in sorted(results.items()))
+    print(
+        f"  {label:<38} {len(batch) / seconds:>9,.0f} obs/s  ({len(batch):,} in {seconds:.2f} s;"
+        f" {outcome_text})"
+    )
+
+
+async def used_memory(redis: aioredis.Redis) -> int:
+    return int((await redis.info("memory"))["used_memory"])
+
+
+async def throughput(redis: aioredis.Redis, ids: list[str]) -> None:
+    live = Store(redis, "bench-live")
+    steps = [
+        ("new jobs (pending, event emitted)", "pending", False),
+        ("status change pending -> started", "started", True),
+        ("status change started -> success", "success", True),
+        ("same status again (unchanged)", "success", True),
+    ]
+    for label, status, started in steps:
+        await run(live, label, observations(make_jobs(status, ids, started)))
+    events = await redis.xlen(live.events_key)
+    events_bytes = await redis.memory_usage(live.events_key, samples=0) or 0
+    print(f"  outbox: {events:,} events, {events_bytes / max(events, 1):,.0f} bytes per event")
+
+
+async def memory(redis: aioredis.Redis, ids: list[str]) -> None:
+    history = Store(redis, "bench-history")
+    before = await used_memory(redis)
+    batch = observations(make_jobs("success", ids, True), silent=True)
+    await run(history, "baseline, finished jobs (silent)", batch)
+    delta = await used_memory(redis) - before
+    hash_bytes = await redis.memory_usage(history.jobs_key, samples=0) or 0
+    print(f"memory per tracked job ({len(ids):,} finished jobs in the jobs hash):")
+    print(f"  MEMORY USAGE jobs hash: {hash_bytes:,} bytes = {hash_bytes / len(ids):.1f} bytes/job")
+    print(f"  INFO used_memory delta: {delta:,} bytes = {delta / len(ids):.1f} bytes/job")
+    print("  (used_memory is server-wide: other clients of this Redis can move it)")
+
+
+async def main() -> None:
+    redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    await redis.flushdb()
+    ids = [str(uuid.uuid4()) for _ in range(JOBS)]
+    try:
+        print(f"observe throughput: {JOBS:,} jobs, batches of {BATCH} (one pipeline each)")
+        await throughput(redis, ids)
+        await redis.flushdb()
+        await memory(redis, ids)
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
