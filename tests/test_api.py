@@ -23,7 +23,7 @@ def free_port() -> int:
 
 async def eventually(predicate) -> None:
     async with asyncio.timeout(10):
-        while not await predicate():  # noqa: ASYNC110 - polling an HTTP endpoint, not an event
+        while not await predicate():
             await asyncio.sleep(0.05)
 
 
