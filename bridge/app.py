@@ -28,10 +28,24 @@ from bridge.poller import Poller, PollSettings
 from bridge.sinks import Sink
 from bridge.sinks.webhook import WebhookSink
 from bridge.store import Store
+from bridge.tasks import finish
 
 log = structlog.get_logger(__name__)
 
+REDIS_CONNECTIONS = 50
 SHUTDOWN_GRACE = 15.0  # seconds a task may take to finish after a stop (dispatcher drains 10 s)
+
+
+def open_redis(url: str) -> aioredis.Redis:
+    """A client for the bridge's Redis.
+
+    Its pool blocks when all connections are busy: under a backlog, hundreds of deliveries
+    wait for a connection instead of failing with "too many connections".
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=REDIS_CONNECTIONS, timeout=None, decode_responses=True
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 @contextlib.asynccontextmanager
@@ -49,7 +63,7 @@ async def connect_redis(config: BridgeConfig) -> AsyncIterator[aioredis.Redis]:
         else:
             embedded = server
             url = await asyncio.to_thread(server.start)
-    client = aioredis.Redis.from_url(url, decode_responses=True)
+    client = open_redis(url)
     try:
         await client.ping()
         yield client
@@ -173,7 +187,9 @@ class Bridge:
         finally:
             if api is not None:
                 await api.cleanup()
-            await _finish(tasks)
+            # A stop lets each task end its cycle; a cancellation ends them at once. Either is
+            # safe: each observation is one atomic Lua script.
+            await finish(tasks, grace=SHUTDOWN_GRACE if stop.is_set() else 0)
             for client in self.clients.values():
                 await client.close()
             log.info("bridge_stopped")
@@ -188,19 +204,6 @@ class Bridge:
         await web.TCPSite(runner, api.host, api.port).start()
         log.info("api_listening", listen=api.listen, auth=token is not None)
         return runner
-
-
-async def _finish(tasks: list[asyncio.Task[None]]) -> None:
-    """Let tasks end their cycle; cancel what is still running after the grace period.
-
-    Cancelling is safe at any point: each observation is one atomic Lua script.
-    """
-    if not tasks:
-        return
-    _done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -25,6 +25,7 @@ from bridge.deliveries import Deliveries, Health
 from bridge.events import encode
 from bridge.sinks import DeliveryResult, Sink
 from bridge.store import Store, event_from_outbox
+from bridge.tasks import finish
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,7 @@ GROUP = "dispatch"
 RETRY_AFTER_MAX = 3600.0  # a destination may slow us down, but not park an event for days
 HEALTH_CACHE_SECONDS = 1.0
 DRAIN_SECONDS = 10.0  # how long a stop waits for deliveries in flight
+LOOP_GRACE = 5.0  # how long a stop waits for the consume/retry/claim loops to end their step
 
 
 def consumer_name() -> str:
@@ -65,7 +67,7 @@ class Dispatcher:
         claim_idle: float = 120.0,
         block: float = 1.0,
         batch: int = 100,
-        max_in_flight: int = 1000,
+        max_in_flight: int = 200,
     ) -> None:
         self.redis = redis
         self.outbox_keys = list(outbox_keys)
@@ -112,20 +114,15 @@ class Dispatcher:
         try:
             await stop.wait()
         finally:
-            await asyncio.gather(*loops, return_exceptions=True)
-            await self.drain()
+            # Stopped: let loops end their step and deliveries finish. Cancelled: end now;
+            # unacknowledged entries are claimed again by the next dispatcher.
+            stopped = stop.is_set()
+            await finish(loops, grace=LOOP_GRACE if stopped else 0)
+            await finish(set(self._tasks), grace=DRAIN_SECONDS if stopped else 0)
             for sink in self.sinks.values():
                 await sink.close()
             totals = sum(self.counts.values(), Counter())
             log.info("dispatcher_stopped", consumer=self.consumer, **self.stats, **totals)
-
-    async def drain(self) -> None:
-        """Wait for deliveries in flight; what is left is claimed again after a restart."""
-        if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=DRAIN_SECONDS)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _loop(self, stop: asyncio.Event, step: Any, pause: float) -> None:
         failures = 0
@@ -253,14 +250,26 @@ class Dispatcher:
                 f"subscription disabled: {health.disabled_reason}",
             )  # fmt: skip
             return
-        await self.attempt(sub, pending.event, encode(pending.event), pending.attempts + 1)
+        await self.attempt(
+            sub, pending.event, encode(pending.event), pending.attempts + 1, scheduled=True
+        )
 
     # -- one attempt ---------------------------------------------------------------------
 
     async def attempt(
-        self, sub: SubscriptionBase, event: dict[str, Any], body: bytes, attempt: int
+        self,
+        sub: SubscriptionBase,
+        event: dict[str, Any],
+        body: bytes,
+        attempt: int,
+        *,
+        scheduled: bool = False,
     ) -> DeliveryResult:
-        """Deliver once; then record it and decide: done, retry later, or dead-letter."""
+        """Deliver once; then record it and decide: done, retry later, or dead-letter.
+
+        `scheduled`: the delivery came off the retry schedule (a retry or a replay), whose
+        entry must be cleared once it is done.
+        """
         sink = self.sinks[sub.name]
         async with self._per_subscription[sub.name]:
             started = time.perf_counter()
@@ -277,7 +286,7 @@ class Dispatcher:
         bound = log.bind(subscription=sub.name, event_id=event["id"], attempt=attempt)
         if result.ok:
             self.counts[sub.name]["delivered"] += 1
-            if attempt > 1:
+            if scheduled:
                 await self.deliveries.settle(sub.name, event["id"])
             bound.debug("delivery_succeeded", status=result.status)
             return result
@@ -288,9 +297,8 @@ class Dispatcher:
         elif result.retryable:
             health = await self.deliveries.health(sub.name)
             if health.failing_since and time.time() - health.failing_since > sub.disable_after:
-                await self._disable(
-                    sub.name, f"failing since {_ago(health.failing_since)}: {reason}"
-                )
+                reason = f"failing since {_ago(health.failing_since)}: {reason}"
+                await self._disable(sub.name, reason)
             else:
                 delay = retry_delay(sub.retry_schedule, attempt, result.retry_after)
                 if delay is not None:

@@ -19,7 +19,13 @@ from typing import Any
 import redis.exceptions
 import structlog
 
-from bridge.elasticpath import ApiError, ElasticPathClient, NotFound, TransientError
+from bridge.elasticpath import (
+    ApiError,
+    ElasticPathClient,
+    MalformedResponse,
+    NotFound,
+    TransientError,
+)
 from bridge.events import event_id, event_type
 from bridge.jobs import Job, JobParseError, Source, parse_job
 from bridge.store import Observation, Store
@@ -31,6 +37,8 @@ PROGRESS_EVERY_PAGES = 10
 # An unstable list order can hide jobs from one pass: the baseline repeats (silently) until
 # every job the API counts is recorded, at most this many passes.
 BASELINE_PASSES = 5
+# A failed job's event waits this long (seconds) for its /errors, then goes without them.
+ERRORS_PATIENCE = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,9 @@ class _Scan:
 
     report: CycleReport
     silent: bool = False
+    # backfill: baseline - a job first seen late but created before the baseline began is
+    # history the baseline missed (unstable list order), recorded silently too.
+    history_before: float | None = None
     seen: set[str] = field(default_factory=set)  # ids only: a full scan may see 100,000 jobs
     open: dict[str, Job] = field(default_factory=dict)  # the non-terminal ones, for stalls
 
@@ -91,6 +102,8 @@ class Poller:
         self.stats: Counter[str] = Counter()
         self.last_change = 0.0
         self.consecutive_failures = 0
+        # Failed jobs whose /errors would not answer: job id -> when that first happened.
+        self._errors_waiting: dict[str, float] = {}
         self._log = log.bind(store=store.name, source=source)
 
     # -- the loop ------------------------------------------------------------------------
@@ -142,15 +155,22 @@ class Poller:
     async def cycle(self) -> CycleReport:
         requests_before = self.client.requests
         if await self.store.get_meta(f"baseline:{self.source}") is None:
-            report = await self._full_scan("baseline")
+            if await self.store.get_meta(f"baseline_started:{self.source}") is None:
+                await self.store.set_meta(**{f"baseline_started:{self.source}": time.time()})
+            report = await self._full_scan("baseline", None)
             await self._complete_baseline(report)
         else:
+            history_before = None
+            if self.settings.backfill == "baseline":
+                history_before = float(
+                    await self.store.get_meta(f"baseline_started:{self.source}") or 0
+                )
             last_full = float(await self.store.get_meta(f"full_scan:{self.source}") or 0)
             if time.time() - last_full >= self.settings.full_scan_interval:
-                report = await self._full_scan("full")
+                report = await self._full_scan("full", history_before)
                 await self.store.set_meta(**{f"full_scan:{self.source}": time.time()})
             else:
-                report = await self._incremental()
+                report = await self._incremental(history_before)
         report.requests = self.client.requests - requests_before
         await self.store.set_meta(**{f"last_poll:{self.source}": time.time()})
         self.stats["cycles"] += 1
@@ -175,9 +195,11 @@ class Poller:
         )
         self._log.info("baseline_completed", jobs=known, emitted=report.emitted, passes=passes)
 
-    async def _full_scan(self, kind: str) -> CycleReport:
+    async def _full_scan(self, kind: str, history_before: float | None) -> CycleReport:
         scan = _Scan(
-            CycleReport(kind), silent=kind == "baseline" and self.settings.backfill == "baseline"
+            CycleReport(kind),
+            silent=kind == "baseline" and self.settings.backfill == "baseline",
+            history_before=history_before,
         )
         if self.source == "v2":
             await self._process(scan, await self.client.list_v2_jobs())
@@ -207,8 +229,8 @@ class Poller:
         await self._finish(scan)
         return scan.report
 
-    async def _incremental(self) -> CycleReport:
-        scan = _Scan(CycleReport("incremental"))
+    async def _incremental(self, history_before: float | None) -> CycleReport:
+        scan = _Scan(CycleReport("incremental"), history_before=history_before)
         if self.source == "v2":
             await self._process(scan, await self.client.list_v2_jobs())
             scan.report.pages = 1
@@ -275,24 +297,35 @@ class Poller:
                 scan.open.pop(job.id, None)
         states = await self.store.states(self.source, [j.id for j in jobs])
         changed = [
-            j for j, s in zip(jobs, states, strict=True) if s is None or s.status != j.status
+            (j, s) for j, s in zip(jobs, states, strict=True) if s is None or s.status != j.status
         ]
-        if not changed:
-            return 0
-        observations = [await self._observation(job, scan.silent) for job in changed]
+        observed: list[Job] = []
+        observations: list[Observation] = []
+        for job, state in changed:
+            silent = scan.silent or (state is None and _before(job, scan.history_before))
+            observation = await self._observation(job, silent)
+            if observation is not None:
+                observed.append(job)
+                observations.append(observation)
         outcomes = await self.store.observe(observations)
         scan.report.changes += len(changed)
-        for job, outcome in zip(changed, outcomes, strict=True):
+        for job, outcome in zip(observed, outcomes, strict=True):
             if outcome.result == "emitted":
                 scan.report.emitted += 1
                 self._announce(job, job.status, job.status)
+            elif outcome.result == "recorded" and not scan.silent:
+                self._log.info("history_job_recorded", job_id=job.id, status=job.status)
         return len(changed)
 
-    async def _observation(self, job: Job, silent: bool) -> Observation:
+    async def _observation(self, job: Job, silent: bool) -> Observation | None:
+        """What to observe of a changed job; None to leave it for the next cycle."""
         errors: list[dict[str, Any]] = []
         if not silent and job.status == "failed":
             if job.source == "pcm":
-                errors = await self._job_errors(job)
+                found = await self._job_errors(job)
+                if found is None:
+                    return None
+                errors = found
             elif job.error:
                 errors = [{"message": job.error}]
         return Observation(
@@ -303,14 +336,22 @@ class Poller:
             file_locations=job.file_locations(),
         )
 
-    async def _job_errors(self, job: Job) -> list[dict[str, Any]]:
+    async def _job_errors(self, job: Job) -> list[dict[str, Any]] | None:
+        """A failed job's errors; None while they may still come (the failure waits for them)."""
         try:
-            return await self.client.get_pcm_job_errors(job.id, self.settings.errors_limit)
-        except TransientError:
-            raise  # observe the failure next cycle, with its errors
+            errors = await self.client.get_pcm_job_errors(job.id, self.settings.errors_limit)
+        except (TransientError, MalformedResponse) as exc:
+            since = self._errors_waiting.setdefault(job.id, time.monotonic())
+            if time.monotonic() - since < ERRORS_PATIENCE:
+                self._log.info("job_errors_deferred", job_id=job.id, error=str(exc))
+                return None
+            self._log.warning("job_errors_unavailable", job_id=job.id, error=str(exc))
+            errors = []
         except ApiError as exc:
             self._log.warning("job_errors_unavailable", job_id=job.id, error=str(exc))
-            return []
+            errors = []
+        self._errors_waiting.pop(job.id, None)
+        return errors
 
     @staticmethod
     def _stall_reference_ms(job: Job) -> int | None:
@@ -338,3 +379,7 @@ class Poller:
             sys.stderr.flush()
         elif report.pages % PROGRESS_EVERY_PAGES == 0:
             self._log.info("baseline_progress", pages=report.pages, jobs=report.jobs, total=total)
+
+
+def _before(job: Job, moment: float | None) -> bool:
+    return moment is not None and job.created_at is not None and job.created_at.timestamp() < moment

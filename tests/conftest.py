@@ -10,6 +10,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from bridge.app import open_redis
 from bridge.embedded import EmbeddedRedis
 
 IN_CI = bool(os.environ.get("CI"))
@@ -48,7 +49,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """A clean database for each test, as in arq: connect, flush, yield, close."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = open_redis(redis_url)  # the product's own client: same pool, same decoding
     await client.flushdb()
     yield client
     await client.flushdb()

@@ -281,10 +281,11 @@ class SlackSink:
             raise ValueError("group_threshold and min_interval must not be negative")
         self.name = name
         self._redis = redis
-        self._webhook_url = yarl.URL(webhook_url) if webhook_url else None
         self._token = token
         self._channel = channel
         self._api_base = api_base_url if api_base_url.endswith("/") else api_base_url + "/"
+        # Where new messages go: the webhook itself, or chat.postMessage.
+        self._post_url = yarl.URL(webhook_url) if webhook_url else self._api("chat.postMessage")
         self._link_template = link_template
         self._group_window = group_window
         self._group_threshold = group_threshold
@@ -302,6 +303,7 @@ class SlackSink:
         self._next_send = 0.0  # time.monotonic() before which the next request waits
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
         prefix = f"jb:slack:{{{name}}}"
         self._key_prefix = prefix
         self._recent_key = f"{prefix}:recent"
@@ -336,8 +338,10 @@ class SlackSink:
 
     async def close(self) -> None:
         # An unsent digest stays in Redis; the next start() sends it.
+        self._closing = True
         if self._flusher is not None:
             self._flusher.cancel()
+            self._wake.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
@@ -358,15 +362,13 @@ class SlackSink:
         try:
             if self._grouping and view.status in FAILURE_STATUSES and await self._fold(view):
                 if self._bot:
-                    # An edit adds no message to the channel; it keeps the job's message from
-                    # saying "started" forever. Best effort: the digest carries the news.
-                    await self._to_channel(view, quiet=True)
+                    await self._refresh_quietly(view)
                 result = DeliveryResult(ok=True, response_excerpt="folded into the digest")
             elif self._bot:
                 result, action = await self._to_channel(view, quiet=False)
             else:
                 async with self._lock:
-                    result = (await self._call(self._webhook_url, self._message(view))).result
+                    result = (await self._call(self._post_url, self._new(view))).result
                 action = "posted"
         except (RedisError, OSError) as exc:
             result = DeliveryResult(
@@ -375,7 +377,9 @@ class SlackSink:
         result = replace(result, duration_ms=_since(started))
         if result.ok:
             self._log.info(
-                "slack_message_sent",
+                "slack_message_sent"
+                if action in ("posted", "updated")
+                else f"slack_event_{action}",
                 event_id=view.event_id,
                 job_id=view.job_id,
                 status=view.status,
@@ -395,6 +399,14 @@ class SlackSink:
 
     # Bot mode: one message per job, edited in place.
 
+    async def _refresh_quietly(self, view: JobView) -> None:
+        # An edit adds no message to the channel, and it keeps the job's own message from
+        # saying "started" forever. Best effort: the digest carries the news either way.
+        try:
+            await self._to_channel(view, quiet=True)
+        except (RedisError, OSError) as exc:
+            self._log.info("slack_message_update_failed", reason=type(exc).__name__)
+
     async def _to_channel(self, view: JobView, *, quiet: bool) -> tuple[DeliveryResult, str]:
         """Post or update the job's message, then thread its errors. `quiet`: edit only."""
         key = self.job_key(view.store, view.source, view.job_id)
@@ -405,7 +417,7 @@ class SlackSink:
                 return DeliveryResult(
                     ok=True, response_excerpt="message shows a later state"
                 ), "skipped"
-            message = self._message(view)
+            message = self._render(view)
             reply: _Reply | None = None
             action = "updated"
             if stored.get("ts") and stored.get("channel"):
@@ -421,7 +433,7 @@ class SlackSink:
                     return DeliveryResult(ok=True), "skipped"
                 action = "posted"
                 reply = await self._call(
-                    self._api("chat.postMessage"), {"channel": self._channel, **message}
+                    self._post_url, {"channel": self._channel, **self._new(view)}
                 )
                 ts, channel = reply.data.get("ts"), reply.data.get("channel")
                 if reply.result.ok and isinstance(ts, str) and isinstance(channel, str):
@@ -437,7 +449,7 @@ class SlackSink:
             if stored.get("thread_event") == view.event_id:
                 return reply.result, action  # a redelivery: the errors are already there
             thread = await self._call(
-                self._api("chat.postMessage"),
+                self._post_url,
                 {
                     "channel": stored["channel"],
                     "thread_ts": stored["ts"],
@@ -459,15 +471,17 @@ class SlackSink:
     def _api(self, method: str) -> yarl.URL:
         return yarl.URL(self._api_base + method)
 
-    def _message(self, view: JobView) -> dict[str, Any]:
-        message = render_job_message(
+    def _render(self, view: JobView) -> dict[str, Any]:
+        return render_job_message(
             view,
             link=self._link(view.job_id, view.store, view.job_type, view.source),
             max_errors=MAIN_ERRORS_BOT if self._bot else MAIN_ERRORS_WEBHOOK,
             errors_in_thread=self._bot,
         )
-        # A job link is what people click; Slack's preview of it would only add noise.
-        return {**message, "unfurl_links": False, "unfurl_media": False}
+
+    def _new(self, view: JobView) -> dict[str, Any]:
+        # A job link is what people click; Slack's preview card of it would only add noise.
+        return {**self._render(view), "unfurl_links": False, "unfurl_media": False}
 
     def _link(self, job_id: str, store: str, job_type: str, source: str) -> str | None:
         if self._link_template is None:
@@ -480,7 +494,7 @@ class SlackSink:
 
     # HTTP: paced, classified, never raising for the destination's faults.
 
-    async def _call(self, url: yarl.URL | None, payload: dict[str, Any]) -> _Reply:
+    async def _call(self, url: yarl.URL, payload: dict[str, Any]) -> _Reply:
         """One request (the caller holds the lock), tried again once after a short 429."""
         reply = await self._attempt(url, payload)
         wait = reply.result.retry_after
@@ -489,8 +503,9 @@ class SlackSink:
             reply = await self._attempt(url, payload)
         return reply
 
-    async def _attempt(self, url: yarl.URL | None, payload: dict[str, Any]) -> _Reply:
-        assert self._session is not None and url is not None
+    async def _attempt(self, url: yarl.URL, payload: dict[str, Any]) -> _Reply:
+        if self._session is None:
+            raise RuntimeError(f"slack sink {self.name!r} used before start()")
         wait = self._next_send - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
@@ -601,11 +616,12 @@ class SlackSink:
         )
         if folded:
             self._wake.set()
-            self._log.debug("slack_event_folded", event_id=view.event_id, job_id=view.job_id)
         return bool(folded)
 
     async def _flush_loop(self) -> None:
-        while True:
+        # The flag, not only cancel(): redis-py's pipeline can swallow a cancellation that
+        # lands while it returns its connection to the pool, and the loop would go on.
+        while not self._closing:
             self._wake.clear()  # before the check: a fold during it wakes the wait below
             try:
                 delay = await self._seconds_to_flush()
@@ -618,6 +634,8 @@ class SlackSink:
                 # A bug must not silently end digests for the life of the process.
                 self._log.exception("slack_digest_loop_failed")
                 delay = 1.0
+            if self._closing:
+                return
             # Nothing here to send now; another replica may be sending, so look again soon.
             delay = max(delay, 1.0) if delay <= 0 else delay
             with contextlib.suppress(TimeoutError):
@@ -696,20 +714,19 @@ class SlackSink:
                 str(e.get("source")),
             ),
         )
-        if self._bot:
-            url, payload = self._api("chat.postMessage"), {"channel": self._channel, **message}
-        else:
-            url, payload = self._webhook_url, message
-        waits: list[float | None] = [*self.digest_backoff, None]
-        for pause in waits:
+        payload = {"channel": self._channel, **message} if self._bot else message
+        # Retried here, not by the dispatcher: no event stands for the digest.
+        pauses = iter(self.digest_backoff)
+        while True:
             async with self._lock:
-                result = (await self._call(url, payload)).result
+                result = (await self._call(self._post_url, payload)).result
+            pause = next(pauses, None)
             if result.ok or not result.retryable or pause is None:
                 return result
             pause = min(max(pause, result.retry_after or 0.0), DIGEST_MAX_WAIT)
             self._log.info("slack_digest_retrying", reason=result.reason, wait=pause)
+            # The lock is free meanwhile: single messages keep flowing while the digest waits.
             await asyncio.sleep(pause)
-        raise AssertionError("unreachable: the last wait is None")
 
 
 @dataclass(frozen=True, slots=True)
@@ -753,10 +770,10 @@ def render_job_message(
         count = len(view.errors)
         heading = f"*{count} error{'s' if count != 1 else ''}*"
         more = " (all in the thread)" if errors_in_thread else ""
-        lines = [f"• {_escape(_cut(e, ERROR_CHARS))}" for e in view.errors[:max_errors]]
+        lines = [f"• {_mrkdwn(e, ERROR_CHARS)}" for e in view.errors[:max_errors]]
         blocks += [_section(t) for t in _pack(heading, lines, count, max_sections=1, more=more)]
     if view.file_locations:
-        files = [f"• {_escape(_cut(f, ERROR_CHARS))}" for f in view.file_locations[:5]]
+        files = [f"• {_mrkdwn(f, ERROR_CHARS)}" for f in view.file_locations[:5]]
         blocks += [_section(t) for t in _pack("*Files*", files, len(view.file_locations))]
     if link:
         blocks.append(
@@ -776,7 +793,7 @@ def render_job_message(
     if view.errors:
         text += f" - {_cut(view.errors[0], ERROR_CHARS)}"
     return {
-        "text": _escape(_cut(text, TEXT_MAX // 2)),
+        "text": _mrkdwn(text, TEXT_MAX),
         "attachments": [
             {"color": COLOURS.get(view.status, NEUTRAL_COLOUR), "blocks": blocks[:BLOCKS_MAX]}
         ],
@@ -786,14 +803,16 @@ def render_job_message(
 def render_error_thread(view: JobView) -> dict[str, Any]:
     """The thread reply under a failed job's message: its errors, numbered."""
     count = len(view.errors)
-    heading = f"*{count} error{'s' if count != 1 else ''}* of {view.job_type} `{view.job_id}`"
+    heading = (
+        f"*{count} error{'s' if count != 1 else ''}* of {_mrkdwn(view.job_type, 100)}"
+        f" `{_mrkdwn(view.job_id, 100)}`"
+    )
     lines = [
-        f"{n}. {_escape(_cut(e, ERROR_CHARS))}"
-        for n, e in enumerate(view.errors[:THREAD_ERRORS], 1)
+        f"{n}. {_mrkdwn(e, ERROR_CHARS)}" for n, e in enumerate(view.errors[:THREAD_ERRORS], 1)
     ]
-    sections = _pack(_cut(heading, VALUE_CHARS), lines, count, max_sections=THREAD_SECTIONS)
+    sections = _pack(heading, lines, count, max_sections=THREAD_SECTIONS)
     text = f"{count} errors of {view.job_type} {view.job_id}"
-    return {"text": _escape(_cut(text, TEXT_MAX)), "blocks": [_section(t) for t in sections]}
+    return {"text": _mrkdwn(text, TEXT_MAX), "blocks": [_section(t) for t in sections]}
 
 
 def render_digest(
@@ -819,20 +838,20 @@ def render_digest(
     )
     by_type = Counter(str(e.get("job_type")) for e in entries).most_common()
     shown = by_type if len(by_type) <= FIELDS_MAX else by_type[: FIELDS_MAX - 1]
-    fields = [_field(_cut(t, VALUE_CHARS), f"{n}") for t, n in shown]
+    fields = [_field(t, str(n)) for t, n in shown]
     if len(shown) < len(by_type):
         fields.append(_field("Other types", str(sum(n for _, n in by_type[len(shown) :]))))
     lines = []
     for e in entries[:DIGEST_LINES]:
-        job_id = _cut(str(e.get("job_id")), VALUE_CHARS)
+        job_id = _mrkdwn(str(e.get("job_id")), 100)
         link = link_for(e)
-        shown_id = f"<{link}|{_escape(job_id)}>" if link else f"`{_escape(job_id)}`"
-        line = f"• {_escape(_cut(str(e.get('job_type')), 100))} {shown_id}"
-        line += f" ({_escape(_cut(str(e.get('store')), 100))}/{_escape(str(e.get('source'))[:10])})"
+        shown_id = f"<{link}|{job_id}>" if link else f"`{job_id}`"
+        line = f"• {_mrkdwn(str(e.get('job_type')), 100)} {shown_id}"
+        line += f" ({_mrkdwn(str(e.get('store')), 100)}/{_escape(str(e.get('source'))[:10])})"
         if e.get("status") != "failed":
             line += f" {_escape(str(e.get('status'))[:20])}"
         if e.get("error"):
-            line += f": {_escape(_cut(str(e['error']), ERROR_CHARS))}"
+            line += f": {_mrkdwn(str(e['error']), ERROR_CHARS)}"
         lines.append(line)
     blocks: list[dict[str, Any]] = [_header(title), {"type": "section", "fields": fields}]
     blocks += [_section(t) for t in _pack("", lines, count, max_sections=1)]
@@ -849,9 +868,9 @@ def render_digest(
         }
     )
     summary = ", ".join(f"{t}: {n}" for t, n in by_type[:5])
-    text = _cut(f"{title.removeprefix(':rotating_light: ')}: {summary}", TEXT_MAX)
+    text = f"{title.removeprefix(':rotating_light: ')}: {summary}"
     return {
-        "text": _escape(text),
+        "text": _mrkdwn(text, TEXT_MAX),
         "attachments": [{"color": COLOURS["failed"], "blocks": blocks}],
         "unfurl_links": False,
         "unfurl_media": False,
@@ -870,14 +889,14 @@ def _section(text: str) -> dict[str, Any]:
 
 
 def _field(label: str, value: str) -> dict[str, str]:
-    # Values are cut before escaping (so no entity is cut in half), and escaping grows a
-    # value at most fivefold: VALUE_CHARS keeps any field far below FIELD_MAX.
-    text = f"*{_escape(_cut(label, 100))}*\n{value}"
+    # `value` arrives as finished mrkdwn, already escaped and cut (_plain, _when): cutting
+    # it again here could split a link or an entity. The cut below is only a last guard.
+    text = f"*{_mrkdwn(label, 100)}*\n{value}"
     return {"type": "mrkdwn", "text": _cut(text, FIELD_MAX)}
 
 
 def _context(view: JobView) -> dict[str, Any]:
-    parts = ["jobs-bridge", f"event `{_escape(_cut(view.event_id, 100))}`"]
+    parts = ["jobs-bridge", f"event `{_mrkdwn(view.event_id, 100)}`"]
     if view.time:
         parts.append(f"observed {_when(view.time)}")
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(parts)}]}
@@ -928,7 +947,7 @@ def _when(value: str | None) -> str:
     """A Slack date token: each reader sees it in their own time zone."""
     moment = _parse(value)
     if moment is None:
-        return _escape(_cut(value, 100)) if value else ""
+        return _mrkdwn(value, 100) if value else ""
     fallback = moment.strftime("%Y-%m-%d %H:%M:%S UTC")
     return f"<!date^{int(moment.timestamp())}^{{date_short_pretty}} {{time_secs}}|{fallback}>"
 
@@ -956,12 +975,24 @@ def _human(seconds: float) -> str:
 
 
 def _plain(text: str) -> str:
-    return _escape(_cut(text, VALUE_CHARS))
+    return _mrkdwn(text, VALUE_CHARS)
 
 
 def _escape(text: str) -> str:
     # The three characters Slack's mrkdwn reserves for links and mentions.
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _mrkdwn(text: str, limit: int) -> str:
+    """`text` escaped for mrkdwn, then cut to `limit` characters but never inside an entity."""
+    escaped = _escape(text)
+    if len(escaped) <= limit:
+        return escaped
+    head = escaped[: limit - 1]
+    amp = head.rfind("&", len(head) - 4)
+    if amp != -1 and ";" not in head[amp:]:
+        head = head[:amp]
+    return head + "…"
 
 
 def _cut(text: str, limit: int) -> str:
