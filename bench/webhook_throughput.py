@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
-from bridge.app import build_sink
+from bridge.app import build_sink, open_redis
 from bridge.config import BridgeConfig, parse_config
 from bridge.dispatcher import Dispatcher
 from bridge.events import encode
@@ -291,20 +291,14 @@ def free_port() -> int:
 
 async def main(port: int) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    # The default pool (100 connections, raising MaxConnectionsError when all are taken) drops a
-    # quarter of a 2,000-event backlog into XAUTOCLAIM limbo (tests/test_delivery.py, backlog
-    # test): a blocking pool of the same size makes callers wait their turn instead.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        REDIS_URL, max_connections=100, timeout=30, decode_responses=True
-    )
-    redis = aioredis.Redis(connection_pool=pool)
+    redis = open_redis(REDIS_URL)  # the bridge's own client (a blocking pool)
     receiver = ReceiverClient(f"http://127.0.0.1:{port}")
     await redis.flushdb()
     try:
         await receiver.wait_ready()
         print(
             f"jobs-bridge webhook benchmark: Python {platform.python_version()}, "
-            f"{os.cpu_count()} CPUs, Redis {REDIS_URL} (blocking pool of 100), "
+            f"{os.cpu_count()} CPUs, Redis {REDIS_URL} (the bridge's blocking pool), "
             "receiver in its own process"
         )
         print(

@@ -144,8 +144,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def event_attempts(request: web.Request) -> web.Response:
-    deliveries = Deliveries(request.app[BRIDGE].redis)
-    attempts = await deliveries.attempts_for_event(request.match_info["event_id"])
+    bridge = request.app[BRIDGE]
+    subscriptions = [sub.name for sub in bridge.config.subscriptions]
+    attempts = await Deliveries(bridge.redis).attempts_for_event(
+        request.match_info["event_id"], subscriptions
+    )
     return web.json_response({"attempts": attempts})
 
 

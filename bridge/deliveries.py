@@ -1,17 +1,18 @@
 """Redis state of delivery: retry schedule, dead letters, attempt log, subscription health.
 
-jb:retry                      zset    "<subscription>\\n<event id>" by due time (ms)
-jb:delivery:<sub>:<event id>  hash    the event and its attempt count, while it is retried
-jb:dlq                        stream  dead letters: subscription, event id, reason, event
-jb:attempts:<sub>             stream  every attempt of one subscription (capped)
-jb:attempts:event:<event id>  list    every attempt of one event, any subscription (capped)
-jb:health:<sub>               hash    enabled/disabled, failing_since, last success/failure
+jb:retry                          zset    "<subscription> <event id>" by due time (ms)
+jb:delivery:<sub>:<event id>      hash    the event and its attempt count, while retried
+jb:dlq                            stream  dead letters: subscription, event id, reason, event
+jb:{<sub>}:attempts               stream  every attempt of one subscription (capped)
+jb:{<sub>}:attempts:<event id>    list    every attempt of one event to it (capped)
+jb:{<sub>}:health                 hash    disabled and why, failing since, last success
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,33 @@ return due
 """
 
 
+# One attempt: the subscription's log, the event's log and the health hash, in one round trip.
+RECORD_ATTEMPT = """
+local subscription_log = KEYS[1]
+local event_log = KEYS[2]
+local health = KEYS[3]
+local record = ARGV[1]              -- the attempt, as JSON
+local ok = ARGV[2] == '1'
+local now = ARGV[3]
+local reason = ARGV[4]
+local subscription_cap = ARGV[5]
+local event_cap = tonumber(ARGV[6])
+local retention = ARGV[7]
+redis.call('XADD', subscription_log, 'MAXLEN', '~', subscription_cap, '*', 'record', record)
+redis.call('LPUSH', event_log, record)
+redis.call('LTRIM', event_log, 0, event_cap - 1)
+redis.call('EXPIRE', event_log, retention)
+if ok then
+  redis.call('HSET', health, 'last_success_at', now)
+  redis.call('HDEL', health, 'failing_since')
+else
+  redis.call('HSET', health, 'last_failure_at', now, 'last_error', reason)
+  redis.call('HSETNX', health, 'failing_since', now)
+end
+return 1
+"""
+
+
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
@@ -50,7 +78,13 @@ def delivery_key(subscription: str, event_id: str) -> str:
 
 
 def health_key(subscription: str) -> str:
-    return f"jb:health:{subscription}"
+    return f"jb:{{{subscription}}}:health"
+
+
+def attempts_key(subscription: str, event_id: str | None = None) -> str:
+    """The attempt log of a subscription, or of one event to it."""
+    key = f"jb:{{{subscription}}}:attempts"
+    return f"{key}:{event_id}" if event_id else key
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +124,7 @@ class Deliveries:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self._claim = redis.register_script(CLAIM_DUE)
+        self._record = redis.register_script(RECORD_ATTEMPT)
 
     # -- retries -------------------------------------------------------------------------
 
@@ -205,41 +240,41 @@ class Deliveries:
             "reason": result.reason,
             "response": result.response_excerpt[:1024],
         }
-        per_event = f"jb:attempts:event:{event_id}"
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(
-                f"jb:attempts:{subscription}",
-                record,
-                maxlen=ATTEMPTS_PER_SUBSCRIPTION,
-                approximate=True,
-            )
-            pipe.lpush(per_event, json.dumps(record))
-            pipe.ltrim(per_event, 0, ATTEMPTS_PER_EVENT - 1)
-            pipe.expire(per_event, ATTEMPT_RETENTION)
-            self._health_update(pipe, subscription, result)
-            await pipe.execute()
+        await self._record(
+            keys=[
+                attempts_key(subscription),
+                attempts_key(subscription, event_id),
+                health_key(subscription),
+            ],
+            args=[
+                json.dumps(record),
+                int(result.ok),
+                time.time(),
+                result.reason,
+                ATTEMPTS_PER_SUBSCRIPTION,
+                ATTEMPTS_PER_EVENT,
+                ATTEMPT_RETENTION,
+            ],
+        )
 
-    async def attempts_for_event(self, event_id: str) -> list[dict[str, Any]]:
-        raw = await self.redis.lrange(f"jb:attempts:event:{event_id}", 0, -1)
-        return [json.loads(r) for r in reversed(raw)]
+    async def attempts_for_event(
+        self, event_id: str, subscriptions: Iterable[str]
+    ) -> list[dict[str, Any]]:
+        """Every attempt of one event, to any of `subscriptions`, oldest first."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for subscription in subscriptions:
+                pipe.lrange(attempts_key(subscription, event_id), 0, -1)
+            lists = await pipe.execute()
+        attempts = [json.loads(raw) for found in lists for raw in found]
+        return sorted(attempts, key=lambda a: (a["at"], a["attempt"]))
 
     async def attempts_for_subscription(
         self, subscription: str, count: int = 100
     ) -> list[dict[str, Any]]:
-        entries = await self.redis.xrevrange(f"jb:attempts:{subscription}", count=count)
-        return [fields for _id, fields in reversed(entries)]
+        entries = await self.redis.xrevrange(attempts_key(subscription), count=count)
+        return [json.loads(fields["record"]) for _id, fields in reversed(entries)]
 
     # -- health --------------------------------------------------------------------------
-
-    def _health_update(self, pipe: Any, subscription: str, result: DeliveryResult) -> None:
-        key = health_key(subscription)
-        now = time.time()
-        if result.ok:
-            pipe.hset(key, mapping={"last_success_at": now})
-            pipe.hdel(key, "failing_since")
-        else:
-            pipe.hset(key, mapping={"last_failure_at": now, "last_error": result.reason})
-            pipe.hsetnx(key, "failing_since", now)
 
     async def health(self, subscription: str) -> Health:
         raw = await self.redis.hgetall(health_key(subscription))

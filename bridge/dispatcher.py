@@ -33,6 +33,7 @@ GROUP = "dispatch"
 RETRY_AFTER_MAX = 3600.0  # a destination may slow us down, but not park an event for days
 HEALTH_CACHE_SECONDS = 1.0
 DRAIN_SECONDS = 10.0  # how long a stop waits for deliveries in flight
+ACK_EVERY = 0.05  # seconds between batched acknowledgements of handled outbox entries
 LOOP_GRACE = 5.0  # how long a stop waits for the consume/retry/claim loops to end their step
 
 
@@ -86,6 +87,9 @@ class Dispatcher:
         }
         self._health: dict[str, tuple[float, Health]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Handled outbox entries, acknowledged in batches: one XACK per stream every ACK_EVERY
+        # instead of one per entry. A crash before the flush only means a redelivery.
+        self._acks: defaultdict[str, list[str]] = defaultdict(list)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -107,6 +111,7 @@ class Dispatcher:
         loops = [
             asyncio.create_task(self._loop(stop, self._consume_once, 0.0), name="consume"),
             asyncio.create_task(self._loop(stop, self._retry_once, 1.0), name="retry"),
+            asyncio.create_task(self._loop(stop, self._flush_acks, ACK_EVERY), name="ack"),
             asyncio.create_task(
                 self._loop(stop, self._claim_once, self.claim_idle / 2), name="claim"
             ),
@@ -119,6 +124,8 @@ class Dispatcher:
             stopped = stop.is_set()
             await finish(loops, grace=LOOP_GRACE if stopped else 0)
             await finish(set(self._tasks), grace=DRAIN_SECONDS if stopped else 0)
+            if stopped:
+                await self._flush_acks()
             for sink in self.sinks.values():
                 await sink.close()
             totals = sum(self.counts.values(), Counter())
@@ -158,6 +165,12 @@ class Dispatcher:
         for key, entries in replies or []:
             for entry_id, fields in entries:
                 await self._spawn(key, entry_id, fields)
+
+    async def _flush_acks(self) -> None:
+        for key in list(self._acks):
+            ids = self._acks.pop(key)
+            if ids:
+                await self.redis.xack(key, GROUP, *ids)
 
     async def _claim_once(self) -> None:
         """Take over entries another dispatcher read but never acknowledged (it died)."""
@@ -209,7 +222,7 @@ class Dispatcher:
             )
         ]
         await asyncio.gather(*(self._first_attempt(sub, event, body) for sub in targets))
-        await self.redis.xack(key, GROUP, entry_id)
+        self._acks[key].append(entry_id)
         self.stats["routed"] += 1
 
     async def _first_attempt(

@@ -1,11 +1,15 @@
-"""Outbound HTTP for the HTTP sinks: pooled sessions and the private-address guard."""
+"""Outbound HTTP for the HTTP sinks: pooled sessions, the private-address guard, reading answers."""
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import math
 import socket
+import time
 from collections.abc import Iterable, Sequence
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
@@ -13,11 +17,14 @@ import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from bridge import __version__
+from bridge.logs import redact_text
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 USER_AGENT = f"jobs-bridge/{__version__} (+https://github.com/jobs-bridge)"
 ALLOWED_SCHEMES = frozenset({"http", "https"})
+# How much of a receiver's answer an attempt record keeps, in characters.
+EXCERPT_CHARS = 1024
 
 # Instance-metadata endpoints hand out cloud credentials: the classic SSRF prize, so they get
 # a reason of their own even where a broader rule (link-local, CGNAT, ULA) would refuse them.
@@ -233,3 +240,86 @@ def make_session(
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
     )
+
+
+# Reading and describing answers: the same words for every HTTP sink.
+
+
+async def read_body(
+    response: aiohttp.ClientResponse, max_bytes: int, *, max_chars: int | None = None
+) -> bytes:
+    """At most `max_bytes` of the body; with `max_chars`, no more than it takes to hold that many.
+
+    A body that stalls or breaks off comes back shorter instead of raising: the status line
+    already said what the receiver thinks.
+    """
+    buffer = bytearray()
+    try:
+        while len(buffer) < max_bytes:
+            chunk = await response.content.read(max_bytes - len(buffer))
+            if not chunk:
+                break
+            buffer += chunk
+            if (
+                max_chars is not None
+                and len(buffer) >= max_chars
+                and len(buffer.decode(errors="ignore")) >= max_chars
+            ):
+                break
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    return bytes(buffer)
+
+
+async def read_excerpt(response: aiohttp.ClientResponse) -> str:
+    """The first EXCERPT_CHARS characters of the body, reading only as much as that takes."""
+    # A UTF-8 character is at most 4 bytes.
+    raw = await read_body(response, 4 * EXCERPT_CHARS, max_chars=EXCERPT_CHARS)
+    return raw.decode(errors="replace")[:EXCERPT_CHARS]
+
+
+def status_text(status: int) -> str:
+    """`503 Service Unavailable`: the standard phrase, never the receiver's free-text reason."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+def describe_connection_failure(exc: BaseException, url: yarl.URL) -> str:
+    """One sentence naming the error class and the host, safe for logs and attempt records.
+
+    The path and query are left out (webhook URLs carry tokens there) and known secrets masked.
+    """
+    where = f"{url.host}:{url.port}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        text = f"could not resolve {url.host} ({type(exc).__name__})"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        detail = exc.strerror or type(exc.os_error).__name__
+        text = f"could not connect to {where} ({type(exc).__name__}: {detail})"
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = f"connection to {where} failed ({type(exc).__name__}: {exc.strerror})"
+    else:
+        text = f"connection to {where} failed ({type(exc).__name__})"
+    return redact_text(text)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), else None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # HTTP-dates are GMT
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, seconds)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds

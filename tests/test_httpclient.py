@@ -26,6 +26,7 @@ from bridge.httpclient import (
     check_url,
     classify_address,
     make_session,
+    parse_retry_after,
 )
 from bridge.sinks.webhook import WebhookSink
 
@@ -259,6 +260,24 @@ def test_check_url_rejects_other_schemes(url: str) -> None:
     with pytest.raises(ValueError) as rejected:
         check_url(url)
     assert "example.com" not in str(rejected.value)  # URLs may carry tokens: not echoed
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("7", 7.0),
+        (" 120 ", 120.0),
+        ("0", 0.0),
+        ("-5", None),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("nan", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: no wait
+    ],
+)
+def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value) == seconds
 
 
 async def test_webhook_sink_refused_by_the_guard_dead_letters(

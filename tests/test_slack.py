@@ -21,11 +21,11 @@ from structlog.testing import capture_logs
 
 from bridge.events import build_event, encode, event_id
 from bridge.sinks import DeliveryResult
-from bridge.sinks.slack import (
+from bridge.sinks.slack import SlackSink
+from bridge.sinks.slack_messages import (
     COLOURS,
     NEUTRAL_COLOUR,
     JobView,
-    SlackSink,
     render_digest,
     render_error_thread,
     render_job_message,

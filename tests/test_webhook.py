@@ -22,7 +22,7 @@ from bridge import __version__
 from bridge.events import build_event, encode
 from bridge.httpclient import make_session
 from bridge.sinks import DeliveryResult
-from bridge.sinks.webhook import WebhookSink, parse_retry_after
+from bridge.sinks.webhook import WebhookSink
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -234,24 +234,6 @@ async def test_429_with_retry_after_http_date(
     assert result.status == 429 and result.retryable
     assert result.retry_after is not None and 27 <= result.retry_after <= 31
     assert result.reason == "receiver answered 429 Too Many Requests"
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [
-        ("7", 7.0),
-        (" 120 ", 120.0),
-        ("0", 0.0),
-        ("-5", None),
-        ("soon", None),
-        ("", None),
-        (None, None),
-        ("nan", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: no wait
-    ],
-)
-def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
-    assert parse_retry_after(value) == seconds
 
 
 @pytest.mark.parametrize(

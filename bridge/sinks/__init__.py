@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +19,11 @@ class DeliveryResult:
     disable: bool = False  # True: the destination is gone (410, channel_not_found, ...)
     response_excerpt: str = ""  # first 1 KB of the response body, for the attempt log
     duration_ms: float = 0.0
+
+
+def elapsed_ms(started: float) -> float:
+    """Milliseconds since `started` (a time.perf_counter() reading), for DeliveryResult."""
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 class Sink(Protocol):

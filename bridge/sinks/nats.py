@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
 from bridge.logs import redact_text, register_secrets
-from bridge.sinks import DeliveryResult
+from bridge.sinks import DeliveryResult, elapsed_ms
 
 log = structlog.get_logger(__name__)
 
@@ -124,11 +124,11 @@ class NatsSink:
             if not nc.is_connected:
                 # nats-py is reconnecting by itself; a publish now could only wait or fail.
                 reason = f"not connected to NATS at {self._where} (reconnecting)"
-                result = DeliveryResult(ok=False, reason=reason, duration_ms=_since(started))
+                result = DeliveryResult(ok=False, reason=reason, duration_ms=elapsed_ms(started))
             elif self._stream is None:
                 await nc.publish(subject, body, headers=headers)
                 await nc.flush(timeout=self._timeout)
-                result = DeliveryResult(ok=True, duration_ms=_since(started))
+                result = DeliveryResult(ok=True, duration_ms=elapsed_ms(started))
             else:
                 # `stream=` makes the server refuse the message when the subject belongs to
                 # some other stream, instead of storing it where nobody looks.
@@ -136,24 +136,24 @@ class NatsSink:
                     subject, body, timeout=self._timeout, stream=self._stream, headers=headers
                 )
                 duplicate = ack.duplicate
-                result = DeliveryResult(ok=True, duration_ms=_since(started))
+                result = DeliveryResult(ok=True, duration_ms=elapsed_ms(started))
         except nats.errors.MaxPayloadError:
             # The same event will be just as large next time: retrying cannot help.
             reason = f"event of {len(body)} bytes exceeds max_payload of NATS at {self._where}"
             result = DeliveryResult(
-                ok=False, reason=reason, retryable=False, duration_ms=_since(started)
+                ok=False, reason=reason, retryable=False, duration_ms=elapsed_ms(started)
             )
         except nats.js.errors.NoStreamResponseError:
             # No stream listens on the subject (deleted, or never created): create it next time.
             self._stream_ready = False
             reason = f"no JetStream stream at {self._where} takes subject {subject}"
-            result = DeliveryResult(ok=False, reason=reason, duration_ms=_since(started))
+            result = DeliveryResult(ok=False, reason=reason, duration_ms=elapsed_ms(started))
         except TimeoutError:  # nats.errors.TimeoutError derives from it
             reason = f"no answer from NATS at {self._where} within {self._timeout} s"
-            result = DeliveryResult(ok=False, reason=reason, duration_ms=_since(started))
+            result = DeliveryResult(ok=False, reason=reason, duration_ms=elapsed_ms(started))
         except _ERRORS as exc:
             result = DeliveryResult(
-                ok=False, reason=self._failure(exc), duration_ms=_since(started)
+                ok=False, reason=self._failure(exc), duration_ms=elapsed_ms(started)
             )
         self._log.debug(
             "delivery_attempted",
@@ -268,7 +268,3 @@ class NatsSink:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)

@@ -20,7 +20,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, ProbableAuthenticationError
 
 from bridge.logs import redact_text, register_secrets
-from bridge.sinks import DeliveryResult
+from bridge.sinks import DeliveryResult, elapsed_ms
 
 log = structlog.get_logger(__name__)
 
@@ -92,7 +92,7 @@ class RabbitMQSink:
         key = routing_key(event)
         started = time.perf_counter()
         reason = await self._publish(_message(event, body), key)
-        result = DeliveryResult(ok=not reason, reason=reason, duration_ms=_since(started))
+        result = DeliveryResult(ok=not reason, reason=reason, duration_ms=elapsed_ms(started))
         self._log.debug(
             "delivery_attempted",
             event_id=event_id,
@@ -222,7 +222,3 @@ def _timestamp(value: Any) -> datetime:
         return datetime.fromisoformat(str(value))
     except ValueError:
         return datetime.now(UTC)
-
-
-def _since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)

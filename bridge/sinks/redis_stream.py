@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from bridge.logs import redact_text, register_secrets
-from bridge.sinks import DeliveryResult
+from bridge.sinks import DeliveryResult, elapsed_ms
 
 log = structlog.get_logger(__name__)
 
@@ -96,18 +96,18 @@ class RedisStreamSink:
                 )
         except TimeoutError:
             reason = f"Redis at {self._where} did not answer within {self._timeout} s"
-            result = DeliveryResult(ok=False, reason=reason, duration_ms=_since(started))
+            result = DeliveryResult(ok=False, reason=reason, duration_ms=elapsed_ms(started))
             self._set_connected(False, reason)
         except ResponseError as exc:
             # Redis answered (WRONGTYPE, OOM, NOPERM, ...): the connection itself is fine.
             reason = redact_text(f"Redis at {self._where} refused XADD: {exc}")[:_REASON_MAX]
-            result = DeliveryResult(ok=False, reason=reason, duration_ms=_since(started))
+            result = DeliveryResult(ok=False, reason=reason, duration_ms=elapsed_ms(started))
         except (RedisError, OSError) as exc:
             reason = _failure(exc, self._where)
-            result = DeliveryResult(ok=False, reason=reason, duration_ms=_since(started))
+            result = DeliveryResult(ok=False, reason=reason, duration_ms=elapsed_ms(started))
             self._set_connected(False, reason)
         else:
-            result = DeliveryResult(ok=True, duration_ms=_since(started))
+            result = DeliveryResult(ok=True, duration_ms=elapsed_ms(started))
             self._set_connected(True)
         self._log.debug(
             "delivery_attempted",
@@ -160,7 +160,3 @@ def _failure(exc: BaseException, where: str) -> str:
     """One sentence naming the error; redis-py's messages name host and port, not passwords."""
     detail = str(exc) or type(exc).__name__
     return redact_text(f"Redis at {where} failed ({type(exc).__name__}: {detail})")[:_REASON_MAX]
-
-
-def _since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)

@@ -6,26 +6,28 @@ import base64
 import binascii
 import hashlib
 import hmac
-import math
 import time
-from email.utils import parsedate_to_datetime
-from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 import structlog
 import yarl
 
-from bridge.httpclient import AddressRefused, check_url, make_session
+from bridge.httpclient import (
+    AddressRefused,
+    check_url,
+    describe_connection_failure,
+    make_session,
+    parse_retry_after,
+    read_excerpt,
+    status_text,
+)
 from bridge.logs import redact_text, register_secrets
-from bridge.sinks import DeliveryResult
+from bridge.sinks import DeliveryResult, elapsed_ms
 
 log = structlog.get_logger(__name__)
 
 _SECRET_PREFIX = "whsec_"
-EXCERPT_CHARS = 1024
-# A UTF-8 character is at most 4 bytes: never read more than this of a response body.
-_EXCERPT_MAX_BYTES = 4 * EXCERPT_CHARS
 
 
 def _secret_key(secret: str, index: int) -> bytes:
@@ -47,69 +49,6 @@ def sign(keys: list[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
         "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
         for key in keys
     )
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), else None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # HTTP-dates are GMT
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-        return max(0.0, seconds)
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return seconds
-
-
-def _status_text(status: int) -> str:
-    # The standard phrase, not the receiver's: its reason line is free text we did not vet.
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return str(status)
-
-
-def _connection_failure(exc: BaseException, url: yarl.URL) -> str:
-    """One sentence naming the error class and the host, never the path or query."""
-    where = f"{url.host}:{url.port}"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"could not resolve {url.host} ({type(exc).__name__})"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        detail = exc.strerror or type(exc.os_error).__name__
-        return f"could not connect to {where} ({type(exc).__name__}: {detail})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"connection to {where} failed ({type(exc).__name__}: {exc.strerror})"
-    return f"connection to {where} failed ({type(exc).__name__})"
-
-
-async def _read_excerpt(response: aiohttp.ClientResponse) -> str:
-    """The first EXCERPT_CHARS characters of the body, reading only as much as that takes."""
-    buffer = bytearray()
-    try:
-        while len(buffer) < _EXCERPT_MAX_BYTES:
-            chunk = await response.content.read(_EXCERPT_MAX_BYTES - len(buffer))
-            if not chunk:
-                break
-            buffer += chunk
-            if (
-                len(buffer) >= EXCERPT_CHARS
-                and len(buffer.decode(errors="ignore")) >= EXCERPT_CHARS
-            ):
-                break
-    except (TimeoutError, aiohttp.ClientError):
-        # The status line already said what the receiver thinks; a body that stalls or breaks
-        # off only shortens the excerpt.
-        pass
-    return bytes(buffer).decode(errors="replace")[:EXCERPT_CHARS]
 
 
 class WebhookSink:
@@ -165,23 +104,23 @@ class WebhookSink:
             async with self._session.post(
                 self._url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                excerpt = redact_text(await _read_excerpt(response))
+                excerpt = redact_text(await read_excerpt(response))
                 result = self._judge(response, excerpt, started)
         except AddressRefused as exc:
             result = DeliveryResult(
-                ok=False, reason=exc.reason, retryable=False, duration_ms=_since(started)
+                ok=False, reason=exc.reason, retryable=False, duration_ms=elapsed_ms(started)
             )
         except TimeoutError:  # aiohttp's timeouts all derive from it
             result = DeliveryResult(
                 ok=False,
                 reason=f"timed out after {self._timeout} s",
-                duration_ms=_since(started),
+                duration_ms=elapsed_ms(started),
             )
         except (aiohttp.ClientError, OSError) as exc:
             result = DeliveryResult(
                 ok=False,
-                reason=redact_text(_connection_failure(exc, self._url)),
-                duration_ms=_since(started),
+                reason=describe_connection_failure(exc, self._url),
+                duration_ms=elapsed_ms(started),
             )
         self._log.debug(
             "delivery_attempted",
@@ -200,7 +139,7 @@ class WebhookSink:
         common: dict[str, Any] = {
             "status": status,
             "response_excerpt": excerpt,
-            "duration_ms": _since(started),
+            "duration_ms": elapsed_ms(started),
         }
         if 200 <= status < 300:
             return DeliveryResult(ok=True, **common)
@@ -213,7 +152,7 @@ class WebhookSink:
         else:
             # Other 4xx are retried too: receivers get misconfigured and fixed again, and the
             # retry schedule with disable_after bounds the cost.
-            reason = f"receiver answered {_status_text(status)}"
+            reason = f"receiver answered {status_text(status)}"
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         return DeliveryResult(ok=False, reason=reason, retry_after=retry_after, **common)
 
@@ -225,7 +164,3 @@ class WebhookSink:
             return self._url.join(yarl.URL(location)).host or "an unreadable location"
         except ValueError:
             return "an unreadable location"
-
-
-def _since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)
