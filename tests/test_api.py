@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import aiohttp
 from aiohttp import web
+from helpers import eventually, free_port
 
 from bridge.app import Bridge
 from bridge.config import parse_config
 from bridge.simulator import Simulator, make_app
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def eventually(predicate) -> None:
-    async with asyncio.timeout(10):
-        while not await predicate():
-            await asyncio.sleep(0.05)
 
 
 async def test_api_reports_what_an_on_call_engineer_needs(aiohttp_server, redis_url, redis_client):

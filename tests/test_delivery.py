@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import inspect
-import os
 import signal
 import sys
 import time
@@ -21,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from helpers import eventually, new_secret
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -40,27 +38,7 @@ SUB = "hook"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
-
-
 SECRET = new_secret()
-
-
-async def eventually(
-    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
-) -> Any:
-    """Poll `predicate` (sync or async) until it is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass

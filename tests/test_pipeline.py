@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import inspect
 import json
-import os
 import re
-import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from helpers import eventually, new_secret
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -34,27 +31,7 @@ ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 TERMINAL = ("success", "failed", "cancelled")
 
 
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
-
-
 SECRET, SECOND_SECRET, STRANGER_SECRET = new_secret(), new_secret(), new_secret()
-
-
-async def eventually(
-    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
-) -> Any:
-    """Poll `predicate` (sync or async) until it is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from fakeslack import TOKEN, WEBHOOK_PATH, FakeSlack, Fault, Message, block_kit_problem
+from helpers import eventually
 from structlog.testing import capture_logs
 
 from bridge.events import build_event, encode, event_id
@@ -77,13 +78,6 @@ def job_event(
 
 async def deliver(sink: SlackSink, event: dict[str, Any]) -> DeliveryResult:
     return await sink.deliver(event, encode(event))
-
-
-async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def assert_no_secret(text: str) -> None:
@@ -391,7 +385,7 @@ async def test_digest_left_over_at_shutdown_is_sent_on_start(
     assert slack.fake.messages == []
 
     await sink_for("webhook", group_threshold=0, group_window=1.0)
-    await eventually(lambda: len(slack.fake.messages) == 1, within=3)
+    await eventually(lambda: len(slack.fake.messages) == 1, timeout=3)
     assert slack.fake.messages[0].header() == ":rotating_light: 3 jobs failed in the last 1 s"
 
 
@@ -403,7 +397,7 @@ async def test_digest_send_retries_5xx_and_429(slack: Slack, sink_for: SinkFacto
     slack.fake.faults = [Fault(500), Fault(503), Fault(429, ratelimited, {"Retry-After": "1"})]
     assert (await deliver(sink, job_event("failed"))).ok
 
-    await eventually(lambda: len(slack.fake.messages) == 1, within=15)
+    await eventually(lambda: len(slack.fake.messages) == 1, timeout=15)
     assert [status for _, status, _ in slack.fake.rejected] == [500, 503, 429]
 
 

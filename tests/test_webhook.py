@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +13,7 @@ import pytest
 import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from helpers import new_secret
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -26,10 +25,6 @@ from bridge.sinks.webhook import WebhookSink
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
 SECRET_A, SECRET_B, SECRET_OTHER = new_secret(), new_secret(), new_secret()

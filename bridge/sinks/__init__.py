@@ -26,6 +26,23 @@ def elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+class LinkState:
+    """Whether a broker connection is up; logs the changes only, not one line per event."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self.connected: bool | None = None
+
+    def set(self, connected: bool, reason: str = "") -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        if connected:
+            self._log.info("broker_connected")
+        else:
+            self._log.warning("broker_disconnected", reason=reason)
+
+
 class Sink(Protocol):
     """A destination for events. `deliver` never raises for destination failures."""
 

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
 from bridge.logs import redact_text, register_secrets
-from bridge.sinks import DeliveryResult, elapsed_ms
+from bridge.sinks import DeliveryResult, LinkState, elapsed_ms
 
 log = structlog.get_logger(__name__)
 
@@ -86,10 +86,10 @@ class NatsSink:
         self._js: JetStreamContext | None = None
         self._stream_ready = False
         self._connect_lock = asyncio.Lock()
-        self._connected: bool | None = None
         self._closing = False
         self._last_error: Exception | None = None
         self._log = log.bind(subscription=name, broker=self._where, stream=stream)
+        self._link = LinkState(self._log)
 
     async def start(self) -> None:
         self._closing = False
@@ -192,11 +192,11 @@ class NatsSink:
         # closed below, and its close must not read as a lost connection.
         async def disconnected() -> None:
             if nc is self._nc and not self._closing:
-                self._set_connected(False, "connection lost; reconnecting")
+                self._link.set(False, "connection lost; reconnecting")
 
         async def reconnected() -> None:
             if nc is self._nc:
-                self._set_connected(True)
+                self._link.set(True)
 
         try:
             await nc.connect(
@@ -217,10 +217,10 @@ class NatsSink:
         except BaseException as exc:
             await nc.close()
             if isinstance(exc, _ERRORS):
-                self._set_connected(False, self._failure(exc))
+                self._link.set(False, self._failure(exc))
             raise
         nc.options["max_reconnect_attempts"] = -1  # read on every reconnect: never give up
-        self._set_connected(True)
+        self._link.set(True)
         return nc
 
     async def _ensure_stream(self, js: JetStreamContext, stream: str) -> None:
@@ -244,16 +244,6 @@ class NatsSink:
         # Every failed reconnect attempt lands here; the transition is logged once instead.
         self._last_error = exc
         self._log.debug("broker_error", error=self._failure(exc))
-
-    def _set_connected(self, connected: bool, reason: str = "") -> None:
-        # Log the transitions only: a server that stays down would otherwise log every event.
-        if connected == self._connected:
-            return
-        self._connected = connected
-        if connected:
-            self._log.info("broker_connected")
-        else:
-            self._log.warning("broker_disconnected", reason=reason)
 
     def _failure(self, exc: BaseException) -> str:
         where = f"NATS at {self._where}"

@@ -20,7 +20,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, ProbableAuthenticationError
 
 from bridge.logs import redact_text, register_secrets
-from bridge.sinks import DeliveryResult, elapsed_ms
+from bridge.sinks import DeliveryResult, LinkState, elapsed_ms
 
 log = structlog.get_logger(__name__)
 
@@ -70,9 +70,9 @@ class RabbitMQSink:
         self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._connect_lock = asyncio.Lock()
-        self._connected: bool | None = None
         self._closing = False
         self._log = log.bind(subscription=name, broker=self._where, exchange=exchange)
+        self._link = LinkState(self._log)
 
     async def start(self) -> None:
         self._closing = False
@@ -147,9 +147,9 @@ class RabbitMQSink:
                 client_properties={"connection_name": f"jobs-bridge {self.name}"},
             )
         except CONNECTION_EXCEPTIONS as exc:
-            self._set_connected(False, self._failure(exc))
+            self._link.set(False, self._failure(exc))
             raise
-        self._set_connected(True)
+        self._link.set(True)
         try:
             channel = await connection.channel(publisher_confirms=True)
             # Declared (and re-declared on every reconnect by aio-pika) so that publishing
@@ -174,20 +174,10 @@ class RabbitMQSink:
     def _on_connection_closed(self, _connection: Any, exc: BaseException | None = None) -> None:
         if not self._closing:
             reason = self._failure(exc) if exc is not None else "connection closed"
-            self._set_connected(False, reason)
+            self._link.set(False, reason)
 
     def _on_reconnected(self, _connection: Any) -> None:
-        self._set_connected(True)
-
-    def _set_connected(self, connected: bool, reason: str = "") -> None:
-        # Log the transitions only: a broker that stays down would otherwise log every event.
-        if connected == self._connected:
-            return
-        self._connected = connected
-        if connected:
-            self._log.info("broker_connected")
-        else:
-            self._log.warning("broker_disconnected", reason=reason)
+        self._link.set(True)
 
     def _failure(self, exc: BaseException) -> str:
         if isinstance(exc, ProbableAuthenticationError):

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from bridge.logs import redact_text, register_secrets
-from bridge.sinks import DeliveryResult, elapsed_ms
+from bridge.sinks import DeliveryResult, LinkState, elapsed_ms
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +50,8 @@ class RedisStreamSink:
         self._maxlen = maxlen
         self._timeout = timeout
         self._client: aioredis.Redis | None = None
-        self._connected: bool | None = None
         self._log = log.bind(subscription=name, broker=self._where, stream=stream)
+        self._link = LinkState(self._log)
 
     async def start(self) -> None:
         if self._client is None:
@@ -69,9 +69,9 @@ class RedisStreamSink:
             async with asyncio.timeout(self._timeout):
                 await self._client.ping()
         except (RedisError, OSError) as exc:
-            self._set_connected(False, _failure(exc, self._where))
+            self._link.set(False, _failure(exc, self._where))
         else:
-            self._set_connected(True)
+            self._link.set(True)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -97,7 +97,7 @@ class RedisStreamSink:
         except TimeoutError:
             reason = f"Redis at {self._where} did not answer within {self._timeout} s"
             result = DeliveryResult(ok=False, reason=reason, duration_ms=elapsed_ms(started))
-            self._set_connected(False, reason)
+            self._link.set(False, reason)
         except ResponseError as exc:
             # Redis answered (WRONGTYPE, OOM, NOPERM, ...): the connection itself is fine.
             reason = redact_text(f"Redis at {self._where} refused XADD: {exc}")[:_REASON_MAX]
@@ -105,10 +105,10 @@ class RedisStreamSink:
         except (RedisError, OSError) as exc:
             reason = _failure(exc, self._where)
             result = DeliveryResult(ok=False, reason=reason, duration_ms=elapsed_ms(started))
-            self._set_connected(False, reason)
+            self._link.set(False, reason)
         else:
             result = DeliveryResult(ok=True, duration_ms=elapsed_ms(started))
-            self._set_connected(True)
+            self._link.set(True)
         self._log.debug(
             "delivery_attempted",
             event_id=event_id,
@@ -118,16 +118,6 @@ class RedisStreamSink:
             duration_ms=result.duration_ms,
         )
         return result
-
-    def _set_connected(self, connected: bool, reason: str = "") -> None:
-        # Log the transitions only: a Redis that stays down would otherwise log every event.
-        if connected == self._connected:
-            return
-        self._connected = connected
-        if connected:
-            self._log.info("broker_connected")
-        else:
-            self._log.warning("broker_disconnected", reason=reason)
 
 
 def _fields(event: dict[str, Any], body: bytes) -> dict[str, str | bytes]:
