@@ -28,6 +28,8 @@ def cli(ctx: click.Context, log_level: str | None, json_logs: bool | None) -> No
     quiet = ctx.invoked_subcommand == "demo"
     logs.setup(log_level or ("warning" if quiet else "info"), json_logs)
     ctx.ensure_object(dict)
+    ctx.obj["log_level"] = log_level
+    ctx.obj["json_logs"] = json_logs
 
 
 def _load(config_path: Path) -> Any:
@@ -90,11 +92,14 @@ def simulate(host: str, port: int, traffic: bool, rate: float) -> None:
 @cli.command()
 @config_option
 @click.option("--seconds", type=float, default=None, help="Stop after N seconds.")
-def run(config_path: Path, seconds: float | None) -> None:
+@click.pass_context
+def run(ctx: click.Context, config_path: Path, seconds: float | None) -> None:
     """Run the bridge: poll every store, deliver every event. SIGINT/SIGTERM stop cleanly."""
     from bridge.app import MissingExtra, run_until_stopped
 
     config = _load(config_path)
+    if ctx.obj["log_level"] is None:  # --log-level wins over the config's log_level
+        logs.setup(config.log_level, ctx.obj["json_logs"])
     try:
         asyncio.run(run_until_stopped(config, seconds))
     except MissingExtra as exc:
