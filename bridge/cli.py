@@ -32,16 +32,19 @@ def cli(ctx: click.Context, log_level: str | None, json_logs: bool | None) -> No
     ctx.obj["json_logs"] = json_logs
 
 
-def _load(config_path: Path) -> Any:
-    """The validated config, or every problem printed and exit 1."""
+def _load(config_path: Path, *, report: bool = False) -> Any:
+    """The validated config, or every problem printed and exit 1.
+
+    `report`: the problems are the command's output (check-config), so they go to stdout.
+    """
     from bridge.config import ConfigError, load_config
 
     try:
         return load_config(config_path)
     except ConfigError as exc:
         for problem in exc.problems:
-            click.echo(problem, err=True)
-        click.echo(f"{config_path}: {len(exc.problems)} problem(s)", err=True)
+            click.echo(problem, err=not report)
+        click.echo(f"{config_path}: {len(exc.problems)} problem(s)", err=not report)
         sys.exit(1)
 
 
@@ -70,7 +73,7 @@ config_option = click.option(
 @config_option
 def check_config(config_path: Path) -> None:
     """Validate a config file: every problem with its path; exit 0 valid, 1 invalid."""
-    config = _load(config_path)
+    config = _load(config_path, report=True)
     click.echo(
         f"{config_path}: valid ({len(config.stores)} store(s), "
         f"{len(config.subscriptions)} subscription(s))"

@@ -172,11 +172,11 @@ def test_check_config_lists_every_problem_with_its_path(tmp_path: Path) -> None:
     result = run_check_config(path)
 
     assert result.returncode == 1
-    lines = result.stderr.splitlines()
+    lines = result.stdout.splitlines()  # the problems are check-config's output
     assert any(line.startswith("stores[0].name: ") for line in lines)
     assert any(line.startswith("subscriptions[0].retry_schedule[1]: ") for line in lines)
     assert any(line.startswith("subscriptions[1].colour: unknown key") for line in lines)
-    assert f"{path}: 3 problem(s)" in result.stderr
+    assert f"{path}: 3 problem(s)" in result.stdout
 
 
 # --- one mistake, one path -----------------------------------------------------------------
