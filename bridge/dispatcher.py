@@ -132,12 +132,13 @@ class Dispatcher:
             log.info("dispatcher_stopped", consumer=self.consumer, **self.stats, **totals)
 
     async def _loop(self, stop: asyncio.Event, step: Any, pause: float) -> None:
+        """Run `step` until stopped; a step that returns True has more work and runs again."""
         failures = 0
         while not stop.is_set():
             try:
-                await step()
+                more = await step()
                 failures = 0
-                wait = pause
+                wait = 0.0 if more is True else pause
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -239,11 +240,11 @@ class Dispatcher:
 
     # -- retries -------------------------------------------------------------------------
 
-    async def _retry_once(self) -> None:
+    async def _retry_once(self) -> bool:
+        """Attempt the due retries, a batch at a time. True when a full batch was due."""
         due = await self.deliveries.claim_due(limit=self.batch)
-        if not due:
-            return
         await asyncio.gather(*(self._retry(pending) for pending in due))
+        return len(due) == self.batch
 
     async def _retry(self, pending: Any) -> None:
         sub = self.subscriptions.get(pending.subscription)

@@ -306,6 +306,25 @@ async def test_replayed_dead_letter_is_sent_once(
         assert len(world.receiver.hits_for(eid)) == sent
 
 
+async def test_a_large_replay_is_not_held_to_one_batch_per_tick(world: World) -> None:
+    """Retries come off the schedule a batch (100) at a time; a full batch is followed at once."""
+    world.receiver.respond = always(500)
+    config, _ = world.config(retry_schedule="[]")
+    deliveries = Deliveries(world.redis)
+    async with running(config, world.redis):
+        ids = await world.emit(450)
+        await eventually(lambda: _dead_letters(deliveries, 450), 20, "450 dead letters")
+        world.receiver.respond = accept
+        await deliveries.requeue(await deliveries.dead_letters())
+        # At one batch per 1 s tick this would take 4-5 s.
+        await eventually(lambda: world.receiver.delivered() >= set(ids), 2.5, "the replay")
+        assert await deliveries.retry_count(SUB) == 0
+
+
+async def _dead_letters(deliveries: Deliveries, count: int) -> bool:
+    return len(await deliveries.dead_letters()) == count
+
+
 # -- subscription health -------------------------------------------------------------------
 
 
