@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from bridge.deliveries import Deliveries
+from bridge.dispatcher import GROUP
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
@@ -56,39 +57,37 @@ async def status(request: web.Request) -> web.Response:
     deliveries = Deliveries(bridge.redis)
     pollers = []
     for poller in bridge.pollers:
-        store, source = poller.store, poller.source
-        last_poll = await store.get_meta(f"last_poll:{source}")
+        known = await poller.store.source_status(poller.source)
         pollers.append(
             {
-                "store": store.name,
-                "source": source,
-                "baseline_done": await store.get_meta(f"baseline:{source}") is not None,
-                "last_poll_at": _iso(last_poll),
+                "store": poller.store.name,
+                "source": poller.source,
+                **known,
+                "last_poll_at": _iso(known["last_poll_at"]),
                 "consecutive_failures": poller.consecutive_failures,
-                "open_jobs": len(await store.open_jobs(source)),
-                "known_jobs": await store.known_count(source),
                 "counters": dict(poller.stats),
             }
         )
+    outboxes = {name: await store.outbox_status(GROUP) for name, store in bridge.stores.items()}
     subscriptions = []
     for sub in bridge.config.subscriptions:
-        health = await deliveries.health(sub.name)
+        found = await deliveries.status(sub.name)
         subscriptions.append(
             {
                 "name": sub.name,
                 "type": sub.type,
                 "configured": sub.enabled,
-                "enabled": health.enabled,
-                "disabled_reason": health.disabled_reason or None,
-                "last_success_at": _iso(health.last_success_at),
-                "last_failure_at": _iso(health.last_failure_at),
-                "last_error": health.last_error or None,
-                "retrying": await deliveries.retry_count(sub.name),
-                "dead_letters": len(await deliveries.dead_letters(sub.name)),
+                **found,
+                **{
+                    k: _iso(found[k])
+                    for k in ("last_success_at", "last_failure_at", "failing_since")
+                },
                 "counters": dict(bridge.dispatcher.counts.get(sub.name, {})),
             }
         )
-    return web.json_response({"pollers": pollers, "subscriptions": subscriptions})
+    return web.json_response(
+        {"pollers": pollers, "outboxes": outboxes, "subscriptions": subscriptions}
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -134,6 +133,19 @@ async def metrics(request: web.Request) -> web.Response:
         )
     enabled = [({"subscription": s}, float((await deliveries.health(s)).enabled)) for s in subs]
     family("jobs_bridge_subscription_enabled", "gauge", "1 when enabled, 0 when disabled.", enabled)
+    outboxes = {name: await store.outbox_status(GROUP) for name, store in bridge.stores.items()}
+    family(
+        "jobs_bridge_outbox_lag",
+        "gauge",
+        "Outbox events the dispatcher has not read yet.",
+        [({"store": name}, float(o["lag"] or 0)) for name, o in outboxes.items()],
+    )
+    family(
+        "jobs_bridge_outbox_pending",
+        "gauge",
+        "Outbox events read but not yet acknowledged (in delivery).",
+        [({"store": name}, float(o["pending"] or 0)) for name, o in outboxes.items()],
+    )
     family(
         "jobs_bridge_retry_queue",
         "gauge",

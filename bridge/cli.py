@@ -24,8 +24,8 @@ T = TypeVar("T")
 @click.pass_context
 def cli(ctx: click.Context, log_level: str | None, json_logs: bool | None) -> None:
     """Watch Elastic Path jobs and push every status change to webhooks, Slack and queues."""
-    # The demo prints events; its log lines would drown them unless asked for.
-    quiet = ctx.invoked_subcommand == "demo"
+    # Only the services log at info by default; the other commands print what they are for.
+    quiet = ctx.invoked_subcommand not in ("run", "simulate")
     logs.setup(log_level or ("warning" if quiet else "info"), json_logs)
     ctx.ensure_object(dict)
     ctx.obj["log_level"] = log_level
@@ -203,30 +203,62 @@ def subscriptions() -> None:
 @config_option
 def subscriptions_list(config_path: Path) -> None:
     """Each subscription: enabled or why it was disabled, last success and failure."""
-    from bridge.deliveries import Deliveries
+    config = _load(config_path)
+    for line in _with_redis(config, lambda redis: _subscription_lines(config, redis)):
+        click.echo(line)
+
+
+@cli.command()
+@config_option
+def status(config_path: Path) -> None:
+    """What the bridge knows, from its Redis: each store's pollers and outbox, each subscription."""
+    from bridge.dispatcher import GROUP
+    from bridge.store import Store
 
     config = _load(config_path)
 
-    async def action(redis: Any) -> list[tuple[Any, Any, int, int]]:
-        deliveries = Deliveries(redis)
-        rows = []
-        for sub in config.subscriptions:
-            health = await deliveries.health(sub.name)
-            retries = await deliveries.retry_count(sub.name)
-            dead = len(await deliveries.dead_letters(sub.name))
-            rows.append((sub, health, retries, dead))
-        return rows
+    async def action(redis: Any) -> list[str]:
+        lines = []
+        for store_config in config.stores:
+            store = Store(redis, store_config.name)
+            for source in store_config.sources:
+                found = await store.source_status(source)
+                baseline = "done" if found["baseline_done"] else "NOT DONE"
+                lines.append(
+                    f"{store.name}/{source:<4} baseline: {baseline}"
+                    f"  last poll: {_when(found['last_poll_at'])}  open jobs: {found['open_jobs']}"
+                    f"  known jobs: {found['known_jobs']}"
+                )
+            outbox = await store.outbox_status(GROUP)
+            lines.append(
+                f"{store.name} outbox: {outbox['length']} event(s) kept, "
+                f"{outbox['lag']} not yet dispatched, "
+                f"{outbox['pending'] or 0} in delivery"
+            )
+        return lines + await _subscription_lines(config, redis)
 
-    for sub, health, retries, dead in _with_redis(config, action):
-        state = "enabled" if health.enabled else f"DISABLED ({health.disabled_reason})"
+    for line in _with_redis(config, action):
+        click.echo(line)
+
+
+async def _subscription_lines(config: Any, redis: Any) -> list[str]:
+    from bridge.deliveries import Deliveries
+
+    deliveries = Deliveries(redis)
+    lines = []
+    for sub in config.subscriptions:
+        found = await deliveries.status(sub.name)
+        state = "enabled" if found["enabled"] else f"DISABLED ({found['disabled_reason']})"
         if not sub.enabled:
             state = "off in config"
-        click.echo(
-            f"{sub.name:<20} {sub.type:<12} {state}  last ok: {_when(health.last_success_at)}  "
-            f"last failure: {_when(health.last_failure_at)}  retrying: {retries}  dead: {dead}"
+        lines.append(
+            f"{sub.name:<20} {sub.type:<12} {state}  last ok: {_when(found['last_success_at'])}  "
+            f"last failure: {_when(found['last_failure_at'])}  retrying: {found['retrying']}  "
+            f"dead: {found['dead_letters']}"
         )
-        if health.last_error and not health.enabled:
-            click.echo(f"{'':<20} last error: {health.last_error}")
+        if found["last_error"] and (found["failing_since"] or not found["enabled"]):
+            lines.append(f"{'':<20} last error: {found['last_error']}")
+    return lines
 
 
 @subscriptions.command("enable")

@@ -293,6 +293,20 @@ class Deliveries:
             last_error=raw.get("last_error", ""),
         )
 
+    async def status(self, subscription: str) -> dict[str, Any]:
+        """Health, retries and dead letters of one subscription, for people to read."""
+        health = await self.health(subscription)
+        return {
+            "enabled": health.enabled,
+            "disabled_reason": health.disabled_reason or None,
+            "last_success_at": health.last_success_at,
+            "last_failure_at": health.last_failure_at,
+            "last_error": health.last_error or None,
+            "failing_since": health.failing_since,
+            "retrying": await self.retry_count(subscription),
+            "dead_letters": len(await self.dead_letters(subscription)),
+        }
+
     async def disable(self, subscription: str, reason: str) -> None:
         await self.redis.hset(
             health_key(subscription),

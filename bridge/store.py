@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from bridge.events import build_event, event_id
 from bridge.jobs import Job, format_timestamp
@@ -120,6 +121,7 @@ return {'emitted', seq}
 """
 
 DAY = 86_400.0
+OUTBOX_LAG_CAP = 100_000  # counting further than this (Redis < 7) costs more than it tells
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +263,37 @@ class Store:
 
     async def known_count(self, source: str) -> int:
         return int(await self.get_meta(f"count:{source}") or 0)
+
+    async def source_status(self, source: str) -> dict[str, Any]:
+        """What the bridge knows of one source, from Redis alone (any process can ask)."""
+        baseline, last_poll, known = await self.redis.hmget(
+            self.meta_key, [f"baseline:{source}", f"last_poll:{source}", f"count:{source}"]
+        )
+        return {
+            "baseline_done": baseline is not None,
+            "last_poll_at": float(last_poll) if last_poll else None,
+            "open_jobs": len(await self.open_jobs(source)),
+            "known_jobs": int(known or 0),
+        }
+
+    async def outbox_status(self, group: str) -> dict[str, int | None]:
+        """Outbox length, and what `group` has yet to read (lag) or acknowledge (pending)."""
+        length = await self.redis.xlen(self.events_key)
+        try:
+            groups = await self.redis.xinfo_groups(self.events_key)
+        except redis.exceptions.ResponseError:  # no stream yet
+            groups = []
+        info = next((g for g in groups if g.get("name") == group), None)
+        if info is None:
+            return {"length": length, "pending": None, "lag": length}
+        lag = info.get("lag")
+        if lag is None:  # Redis before 7 does not say: count what follows the group's cursor
+            lag = len(
+                await self.redis.xrange(
+                    self.events_key, min=f"({info['last-delivered-id']}", count=OUTBOX_LAG_CAP
+                )
+            )
+        return {"length": length, "pending": info.get("pending"), "lag": lag}
 
 
 def event_from_outbox(fields: dict[str, str]) -> dict[str, Any]:

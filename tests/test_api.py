@@ -91,6 +91,7 @@ api:
             assert subs["good"]["counters"]["delivered"] == 1
             assert subs["broken"]["dead_letters"] == 1
             assert "500" in subs["broken"]["last_error"]
+            assert status["outboxes"]["api-store"]["lag"] == 0
 
             event_id = received[0]
             async with http.get(f"{base}/events/{event_id}/attempts", headers=auth) as response:
@@ -103,6 +104,7 @@ api:
             assert 'jobs_bridge_delivered_total{subscription="good"} 1' in text
             assert 'jobs_bridge_dead_lettered_total{subscription="broken"} 1' in text
             assert 'jobs_bridge_poll_events_total{store="api-store",source="pcm"} 1' in text
+            assert 'jobs_bridge_outbox_lag{store="api-store"} 0.0' in text
 
             async with http.post(
                 f"{base}/dlq/replay", headers=auth, json={"all": True}

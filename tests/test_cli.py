@@ -108,9 +108,14 @@ async def test_run_with_embedded_redis_keeps_state_across_restarts(aiohttp_serve
             if process.returncode is None:
                 process.kill()
                 await process.wait()
-    assert (tmp_path / "var" / "redis" / "appendonly.aof").exists() or any(
-        (tmp_path / "var" / "redis").glob("appendonly*")
-    )
+    assert any((tmp_path / "var" / "redis").glob("appendonly*"))
+    # An operator reads the same state, with the bridge stopped, through its embedded Redis.
+    process = await start_process("status", "-c", str(config))
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert "cli/pcm  baseline: done" in out.decode()
+    assert "open jobs: 0  known jobs: 1" in out.decode()
+    assert "cli outbox: 2 event(s) kept, 0 not yet dispatched" in out.decode()
 
 
 def test_bad_config_exits_nonzero_with_a_readable_message(tmp_path):

@@ -150,3 +150,31 @@ async def test_keys_share_one_hash_tag(redis_client):
     store = Store(redis_client, "us-main")
     keys = [store.jobs_key, store.open_key, store.meta_key, store.events_key]
     assert {k.split("}")[0] for k in keys} == {"jb:{us-main"}
+
+
+async def _outbox_status_after_reading_two_of_five(client) -> dict:
+    store = Store(client, "lag")
+    await store.observe([Observation(job(f"j{i}")) for i in range(5)])
+    await client.xgroup_create(store.events_key, "dispatch", id="0")
+    await client.xreadgroup("dispatch", "c1", {store.events_key: ">"}, count=2)
+    return await store.outbox_status("dispatch")
+
+
+async def test_outbox_status_reports_lag_and_pending(redis_client):
+    status = await _outbox_status_after_reading_two_of_five(redis_client)
+    assert status == {"length": 5, "pending": 2, "lag": 3}
+
+
+async def test_outbox_lag_is_counted_on_redis_before_7(tmp_path):
+    """The embedded redis-server (6.2) has no `lag` in XINFO GROUPS: it is counted instead."""
+    from bridge.app import open_redis
+    from bridge.embedded import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path, persist=False) as server:
+        client = open_redis(server.url)
+        try:
+            assert (await client.info("server"))["redis_version"] < "7"
+            status = await _outbox_status_after_reading_two_of_five(client)
+        finally:
+            await client.aclose()
+    assert status == {"length": 5, "pending": 2, "lag": 3}
