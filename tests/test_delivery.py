@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from helpers import eventually, new_secret
+from helpers import eventually, new_secret, running
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -182,22 +181,6 @@ async def world(
         str(hook_server.make_url("/hook")),
         tmp_path,
     )
-
-
-@contextlib.asynccontextmanager
-async def running(
-    config: BridgeConfig, redis: aioredis.Redis, claim_idle: float = 120.0
-) -> AsyncIterator[Bridge]:
-    """A Bridge running in a task; stopped gracefully at the end (and it must not have died)."""
-    stop = asyncio.Event()
-    bridge = Bridge(config, redis, claim_idle=claim_idle)
-    task = asyncio.create_task(bridge.run(stop))
-    try:
-        yield bridge
-        assert not task.done(), "the bridge stopped by itself"
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def jobs_bridge(*args: str | Path) -> str:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,11 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from helpers import eventually, new_secret
+from helpers import eventually, new_secret, running
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from bridge.app import Bridge
 from bridge.config import BridgeConfig, parse_config
 from bridge.simulator import Simulator, make_app
 from bridge.store import Store
@@ -179,20 +176,6 @@ async def pipe(
     server = await aiohttp_server(app)
     base = str(server.make_url("")).rstrip("/")
     return Pipeline(sim, base, redis_client, redis_url, aiohttp_server, statuses)
-
-
-@contextlib.asynccontextmanager
-async def running(config: BridgeConfig, redis: aioredis.Redis) -> AsyncIterator[Bridge]:
-    """A Bridge running in a task; stopped gracefully at the end (and it must not have died)."""
-    stop = asyncio.Event()
-    bridge = Bridge(config, redis)
-    task = asyncio.create_task(bridge.run(stop))
-    try:
-        yield bridge
-        assert not task.done(), "the bridge stopped by itself"
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 def iso_ms(ns: int | None) -> str | None:
