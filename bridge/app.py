@@ -182,14 +182,17 @@ class Bridge:
         tasks.append(asyncio.create_task(self.dispatcher.run(stop), name="dispatcher"))
         api = await self._start_api()
         log.info("bridge_started", stores=len(self.stores), pollers=len(self.pollers))
+        stopped = False
         try:
             await stop.wait()
+            stopped = True
         finally:
             if api is not None:
                 await api.cleanup()
             # A stop lets each task end its cycle; a cancellation ends them at once. Either is
             # safe: each observation is one atomic Lua script.
-            await finish(tasks, grace=SHUTDOWN_GRACE if stop.is_set() else 0)
+            stop.set()  # a task that swallowed its cancellation still ends at its next check
+            await finish(tasks, grace=SHUTDOWN_GRACE if stopped else 0)
             for client in self.clients.values():
                 await client.close()
             log.info("bridge_stopped")

@@ -116,12 +116,14 @@ class Dispatcher:
                 self._loop(stop, self._claim_once, self.claim_idle / 2), name="claim"
             ),
         ]
+        stopped = False
         try:
             await stop.wait()
+            stopped = True
         finally:
             # Stopped: let loops end their step and deliveries finish. Cancelled: end now;
             # unacknowledged entries are claimed again by the next dispatcher.
-            stopped = stop.is_set()
+            stop.set()  # a loop that swallowed its cancellation still ends at its next check
             await finish(loops, grace=LOOP_GRACE if stopped else 0)
             await finish(set(self._tasks), grace=DRAIN_SECONDS if stopped else 0)
             if stopped:
