@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -137,7 +138,7 @@ def dlq_list(config_path: Path, subscription: str | None, as_json: bool) -> None
     letters = _with_redis(config, lambda r: Deliveries(r).dead_letters(subscription))
     for letter in letters:
         if as_json:
-            click.echo(json.dumps({**letter.__dict__, "event": letter.event}))
+            click.echo(json.dumps(dataclasses.asdict(letter)))
         else:
             click.echo(
                 f"{letter.entry_id}  {letter.failed_at}  {letter.subscription}  "

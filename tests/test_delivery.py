@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 import time
@@ -262,6 +263,10 @@ async def test_dead_letter_listed_and_replayed_with_the_cli(world: World) -> Non
         assert eid in listing
         assert "attempts=3" in listing and "gave up after 3 attempts" in listing
         assert "1 dead letter(s)" in listing
+        [line] = (await jobs_bridge("dlq", "list", "-c", path, "--json")).splitlines()
+        as_json = json.loads(line)
+        assert (as_json["event_id"], as_json["attempts"]) == (eid, 3)
+        assert as_json["event"]["id"] == eid
 
         world.receiver.respond = accept
         replayed = await jobs_bridge("dlq", "replay", "-c", path, "--all")
