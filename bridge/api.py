@@ -12,7 +12,6 @@ POST /dlq/replay {"subscription"?, "id"? | "all": true}
 from __future__ import annotations
 
 import hmac
-import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from bridge.deliveries import Deliveries
 from bridge.dispatcher import GROUP
+from bridge.jobs import format_epoch
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
@@ -63,7 +63,7 @@ async def status(request: web.Request) -> web.Response:
                 "store": poller.store.name,
                 "source": poller.source,
                 **known,
-                "last_poll_at": _iso(known["last_poll_at"]),
+                "last_poll_at": format_epoch(known["last_poll_at"]),
                 "consecutive_failures": poller.consecutive_failures,
                 "counters": dict(poller.stats),
             }
@@ -79,7 +79,7 @@ async def status(request: web.Request) -> web.Response:
                 "configured": sub.enabled,
                 **found,
                 **{
-                    k: _iso(found[k])
+                    k: format_epoch(found[k])
                     for k in ("last_success_at", "last_failure_at", "failing_since")
                 },
                 "counters": dict(bridge.dispatcher.counts.get(sub.name, {})),
@@ -203,9 +203,3 @@ def make_api(bridge: Bridge, token: str | None) -> web.Application:
     app.router.add_get("/dlq", dlq_list)
     app.router.add_post("/dlq/replay", dlq_replay)
     return app
-
-
-def _iso(epoch: float | str | None) -> str | None:
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(epoch)))

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bridge.jobs import now_iso
 from bridge.sinks import DeliveryResult
 
 RETRY_KEY = "jb:retry"
@@ -71,6 +72,11 @@ return 1
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
+
+
+def _member(subscription: str, event_id: str) -> str:
+    """A retry's member in the schedule: its subscription and event id."""
+    return f"{subscription}\n{event_id}"
 
 
 def delivery_key(subscription: str, event_id: str) -> str:
@@ -132,37 +138,61 @@ class Deliveries:
         self, subscription: str, event: dict[str, Any], attempts: int, due: float
     ) -> None:
         """Keep the event and retry it at `due` (epoch seconds)."""
+        await self.enqueue(subscription, [event], attempts=attempts, due=due)
+
+    async def enqueue(
+        self,
+        subscription: str,
+        events: Iterable[dict[str, Any]],
+        *,
+        attempts: int = 0,
+        due: float | None = None,
+        dead_letter_ids: Iterable[str] = (),
+    ) -> int:
+        """Put events on the retry schedule (due now by default), in one round trip.
+
+        `dead_letter_ids`: the dead letters these events come from, removed in the same step.
+        """
+        when = _ms(time.time() if due is None else due)
+        count = 0
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                delivery_key(subscription, event["id"]),
-                mapping={"event": json.dumps(event), "attempts": attempts},
-            )
-            pipe.zadd(RETRY_KEY, {f"{subscription}\n{event['id']}": _ms(due)})
+            for event in events:
+                pipe.hset(
+                    delivery_key(subscription, event["id"]),
+                    mapping={"event": json.dumps(event), "attempts": attempts},
+                )
+                pipe.zadd(RETRY_KEY, {_member(subscription, event["id"]): when})
+                count += 1
+            ids = list(dead_letter_ids)
+            if ids:
+                pipe.xdel(DLQ_KEY, *ids)
             await pipe.execute()
+        return count
 
     async def claim_due(self, limit: int = 100) -> list[PendingRetry]:
         now = time.time()
         members = await self._claim(keys=[RETRY_KEY], args=[_ms(now), _ms(now + LEASE), limit])
         if not members:
             return []
+        pairs = [member.split("\n", 1) for member in members]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for member in members:
-                subscription, event_id = member.split("\n", 1)
+            for subscription, event_id in pairs:
                 pipe.hgetall(delivery_key(subscription, event_id))
             records = await pipe.execute()
-        claimed = []
-        for member, record in zip(members, records, strict=True):
-            subscription, event_id = member.split("\n", 1)
-            event = json.loads(record["event"]) if record.get("event") else None
-            claimed.append(
-                PendingRetry(subscription, event_id, int(record.get("attempts", 0)), event)
+        return [
+            PendingRetry(
+                subscription,
+                event_id,
+                int(record.get("attempts", 0)),
+                json.loads(record["event"]) if record.get("event") else None,
             )
-        return claimed
+            for (subscription, event_id), record in zip(pairs, records, strict=True)
+        ]
 
     async def settle(self, subscription: str, event_id: str) -> None:
         """The delivery is finished (sent or dead-lettered): forget its retry state."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(RETRY_KEY, f"{subscription}\n{event_id}")
+            pipe.zrem(RETRY_KEY, _member(subscription, event_id))
             pipe.delete(delivery_key(subscription, event_id))
             await pipe.execute()
 
@@ -185,11 +215,11 @@ class Deliveries:
                     "event_id": event["id"],
                     "reason": reason,
                     "attempts": attempts,
-                    "failed_at": _iso(time.time()),
+                    "failed_at": now_iso(),
                     "event": json.dumps(event),
                 },
             )
-            pipe.zrem(RETRY_KEY, f"{subscription}\n{event['id']}")
+            pipe.zrem(RETRY_KEY, _member(subscription, event["id"]))
             pipe.delete(delivery_key(subscription, event["id"]))
             await pipe.execute()
 
@@ -218,10 +248,15 @@ class Deliveries:
 
     async def requeue(self, letters: list[DeadLetter]) -> int:
         """Move dead letters back onto the retry schedule, due now, attempt count reset."""
-        now = time.time()
+        by_subscription: dict[str, list[DeadLetter]] = {}
         for letter in letters:
-            await self.schedule_retry(letter.subscription, letter.event, 0, now)
-            await self.redis.xdel(DLQ_KEY, letter.entry_id)
+            by_subscription.setdefault(letter.subscription, []).append(letter)
+        for subscription, group in by_subscription.items():
+            await self.enqueue(
+                subscription,
+                [letter.event for letter in group],
+                dead_letter_ids=[letter.entry_id for letter in group],
+            )
         return len(letters)
 
     # -- attempt log ---------------------------------------------------------------------
@@ -233,7 +268,7 @@ class Deliveries:
             "subscription": subscription,
             "event_id": event_id,
             "attempt": attempt,
-            "at": _iso(time.time()),
+            "at": now_iso(),
             "ok": int(result.ok),
             "status": result.status if result.status is not None else "",
             "duration_ms": round(result.duration_ms, 1),
@@ -318,7 +353,3 @@ class Deliveries:
             pipe.hdel(health_key(subscription), "disabled", "disabled_reason", "disabled_at")
             pipe.hdel(health_key(subscription), "failing_since")
             await pipe.execute()
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{_ms(epoch) % 1000:03d}Z"

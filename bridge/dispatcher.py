@@ -21,7 +21,7 @@ import redis.exceptions
 import structlog
 
 from bridge.config import BridgeConfig, SubscriptionBase
-from bridge.deliveries import Deliveries, Health
+from bridge.deliveries import Deliveries, Health, PendingRetry
 from bridge.events import encode
 from bridge.sinks import DeliveryResult, Sink
 from bridge.store import Store, event_from_outbox
@@ -34,6 +34,7 @@ RETRY_AFTER_MAX = 3600.0  # a destination may slow us down, but not park an even
 HEALTH_CACHE_SECONDS = 1.0
 DRAIN_SECONDS = 10.0  # how long a stop waits for deliveries in flight
 ACK_EVERY = 0.05  # seconds between batched acknowledgements of handled outbox entries
+REPLAY_BATCH = 500  # outbox entries read and queued per round trip by `replay --since`
 LOOP_GRACE = 5.0  # how long a stop waits for the consume/retry/claim loops to end their step
 
 
@@ -216,14 +217,7 @@ class Dispatcher:
             await self.redis.xack(key, GROUP, entry_id)
             return
         body = encode(event)
-        data = event["data"]
-        targets = [
-            sub
-            for sub in self.subscriptions.values()
-            if sub.filter.matches(
-                data["store"], data["source"], data["job"]["type"], data["status"]
-            )
-        ]
+        targets = [sub for sub in self.subscriptions.values() if _matches(sub, event)]
         await asyncio.gather(*(self._first_attempt(sub, event, body) for sub in targets))
         self._acks[key].append(entry_id)
         self.stats["routed"] += 1
@@ -248,7 +242,7 @@ class Dispatcher:
         await asyncio.gather(*(self._retry(pending) for pending in due))
         return len(due) == self.batch
 
-    async def _retry(self, pending: Any) -> None:
+    async def _retry(self, pending: PendingRetry) -> None:
         sub = self.subscriptions.get(pending.subscription)
         if pending.event is None:
             await self.deliveries.settle(pending.subscription, pending.event_id)
@@ -357,22 +351,17 @@ async def replay_since(
 ) -> int:
     """Queue every outbox event since `since` (epoch seconds) that `sub` would receive."""
     deliveries = Deliveries(redis)
-    start = f"{int(since * 1000)}-0"
     queued = 0
     for store in config.stores:
         key = Store(redis, store.name).events_key
-        cursor = start
-        while True:
-            entries = await redis.xrange(key, min=cursor, count=500)
-            for _entry_id, fields in entries:
-                event = event_from_outbox(fields)
-                data = event["data"]
-                if sub.filter.matches(
-                    data["store"], data["source"], data["job"]["type"], data["status"]
-                ):
-                    await deliveries.schedule_retry(sub.name, event, 0, time.time())
-                    queued += 1
-            if len(entries) < 500:
-                break
+        cursor = f"{int(since * 1000)}-0"
+        while entries := await redis.xrange(key, min=cursor, count=REPLAY_BATCH):
+            events = [event_from_outbox(fields) for _entry_id, fields in entries]
+            queued += await deliveries.enqueue(sub.name, (e for e in events if _matches(sub, e)))
             cursor = "(" + entries[-1][0]
     return queued
+
+
+def _matches(sub: SubscriptionBase, event: dict[str, Any]) -> bool:
+    data = event["data"]
+    return sub.filter.matches(data["store"], data["source"], data["job"]["type"], data["status"])

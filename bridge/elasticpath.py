@@ -7,18 +7,16 @@ import json
 import random
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from bridge import __version__
+from bridge.httpclient import USER_AGENT, parse_retry_after
 
 log = structlog.get_logger(__name__)
 
-USER_AGENT = f"jobs-bridge/{__version__}"
 MAX_PAGE_LIMIT = 100
 RETRY_AFTER_CAP = 300.0  # a Retry-After longer than this is treated as this
 
@@ -202,19 +200,6 @@ def _retryable_status(status: int) -> bool:
     return status == 429 or status == 408 or status >= 500
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return "timed out"
@@ -349,7 +334,9 @@ class ElasticPathClient:
             ) as response:
                 text = await response.text()
                 status = response.status
-                retry_after = _retry_after(response.headers.get("retry-after"))
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                if retry_after is not None:
+                    retry_after = min(retry_after, RETRY_AFTER_CAP)
                 header_request_id = response.headers.get("x-request-id")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError("GET", path, _describe(exc)) from None

@@ -79,6 +79,16 @@ def format_timestamp(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def format_epoch(seconds: float | None) -> str | None:
+    """Seconds since the epoch, as format_timestamp writes them."""
+    return None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
+
+
+def now_iso() -> str:
+    """This moment, as format_timestamp writes it."""
+    return format_timestamp(datetime.now(UTC)) or ""
+
+
 def normalise_status(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"status must be a non-empty string, got {value!r}")

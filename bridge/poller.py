@@ -69,6 +69,7 @@ class CycleReport:
     fetched_open: int = 0
     stalled: int = 0
     skipped: int = 0
+    open_jobs: int = 0  # open after the cycle
     total: int | None = None  # what the API said the list holds
 
 
@@ -119,7 +120,7 @@ class Poller:
                 delay = self._failure_delay(exc)
             else:
                 self.consecutive_failures = 0
-                delay = await self.next_interval(report)
+                delay = self.next_interval(report)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:
@@ -142,31 +143,31 @@ class Poller:
         )
         return delay
 
-    async def next_interval(self, report: CycleReport) -> float:
+    def next_interval(self, report: CycleReport) -> float:
         """Fast while jobs are open or something changed recently, slow when all is quiet."""
         if report.changes:
             self.last_change = time.monotonic()
         recently = time.monotonic() - self.last_change < self.settings.idle_poll_interval * 2
-        busy = recently or bool(await self.store.open_jobs(self.source))
+        busy = recently or report.open_jobs > 0
         return self.settings.poll_interval if busy else self.settings.idle_poll_interval
 
     # -- one cycle -----------------------------------------------------------------------
 
     async def cycle(self) -> CycleReport:
         requests_before = self.client.requests
-        if await self.store.get_meta(f"baseline:{self.source}") is None:
-            if await self.store.get_meta(f"baseline_started:{self.source}") is None:
+        baseline, baseline_started, last_full = await self.store.get_metas(
+            f"baseline:{self.source}", f"baseline_started:{self.source}", f"full_scan:{self.source}"
+        )
+        if baseline is None:
+            if baseline_started is None:
                 await self.store.set_meta(**{f"baseline_started:{self.source}": time.time()})
             report = await self._full_scan("baseline", None)
             await self._complete_baseline(report)
         else:
             history_before = None
             if self.settings.backfill == "baseline":
-                history_before = float(
-                    await self.store.get_meta(f"baseline_started:{self.source}") or 0
-                )
-            last_full = float(await self.store.get_meta(f"full_scan:{self.source}") or 0)
-            if time.time() - last_full >= self.settings.full_scan_interval:
+                history_before = float(baseline_started or 0)
+            if time.time() - float(last_full or 0) >= self.settings.full_scan_interval:
                 report = await self._full_scan("full", history_before)
                 await self.store.set_meta(**{f"full_scan:{self.source}": time.time()})
             else:
@@ -264,10 +265,13 @@ class Poller:
                 continue
             scan.report.fetched_open += 1
             await self._process(scan, [record])
+        # Read again: this cycle opened jobs or moved them to a new phase (new stall clock).
+        open_jobs = await self.store.open_jobs(self.source)
+        scan.report.open_jobs = len(open_jobs)
         if scan.silent:
             return
         now_ms = time.time() * 1000
-        for job_id, reference_ms in (await self.store.open_jobs(self.source)).items():
+        for job_id, reference_ms in open_jobs.items():
             job = scan.open.get(job_id)
             if job is None:
                 continue

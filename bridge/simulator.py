@@ -18,6 +18,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from bridge.jobs import STATUSES, normalise_status
+
 log = structlog.get_logger(__name__)
 
 PCM_TYPES = (
@@ -52,14 +54,7 @@ _NS_PER_MS = 1_000_000
 _NS_PER_S = 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STYLES = ("iso", "go", "naive")
-# Words other docs and SDKs use, so that callers may say what they read anywhere.
-_STATUS_ALIASES = {
-    "processing": "started",
-    "complete": "success",
-    "completed": "success",
-    "canceled": "cancelled",
-}
-_PCM_STATUSES = ("pending", "started", "success", "failed", "cancelled")
+_PCM_STATUSES = STATUSES
 _V2_STATUSES = ("pending", "started", "success", "failed")
 # Transitions the real API makes; a jump (pending -> success) stamps the skipped step too.
 _PCM_NEXT = {
@@ -285,8 +280,11 @@ class Simulator:
         return max(time.time_ns(), max(stamps) + _NS_PER_MS)
 
     def _canonical_status(self, source: str, status: str) -> str:
-        word = status.strip().lower() if isinstance(status, str) else status
-        word = _STATUS_ALIASES.get(word, word)
+        # Callers may use any word docs and SDKs use ("processing", "COMPLETE", ...).
+        try:
+            word = normalise_status(status)
+        except ValueError:
+            word = status
         allowed = _PCM_STATUSES if source == "pcm" else _V2_STATUSES
         if word not in allowed:
             raise ValueError(f"status must be one of {', '.join(allowed)} for {source} jobs")

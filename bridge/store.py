@@ -13,14 +13,13 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from bridge.events import build_event, event_id
-from bridge.jobs import Job, format_timestamp
+from bridge.jobs import Job, now_iso
 
 # Compare-and-set of one job's state; appends an event to the outbox when the status changed.
 OBSERVE = """
@@ -157,10 +156,6 @@ def parse_state(raw: str | None) -> StoredState | None:
     return StoredState(status, int(version), int(sequence), stalled == "1")
 
 
-def now_iso() -> str:
-    return format_timestamp(datetime.now(UTC)) or ""
-
-
 class Store:
     """The Redis state of one Elastic Path store."""
 
@@ -258,6 +253,9 @@ class Store:
     async def get_meta(self, field: str) -> str | None:
         return await self.redis.hget(self.meta_key, field)
 
+    async def get_metas(self, *fields: str) -> list[str | None]:
+        return await self.redis.hmget(self.meta_key, list(fields))
+
     async def set_meta(self, **fields: str | int | float) -> None:
         await self.redis.hset(self.meta_key, mapping={k: str(v) for k, v in fields.items()})
 
@@ -266,8 +264,8 @@ class Store:
 
     async def source_status(self, source: str) -> dict[str, Any]:
         """What the bridge knows of one source, from Redis alone (any process can ask)."""
-        baseline, last_poll, known = await self.redis.hmget(
-            self.meta_key, [f"baseline:{source}", f"last_poll:{source}", f"count:{source}"]
+        baseline, last_poll, known = await self.get_metas(
+            f"baseline:{source}", f"last_poll:{source}", f"count:{source}"
         )
         return {
             "baseline_done": baseline is not None,
