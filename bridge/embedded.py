@@ -16,6 +16,17 @@ log = structlog.get_logger(__name__)
 _SOCKET_PATH_MAX = 100  # AF_UNIX paths are capped near 108 bytes
 
 
+def answers(url: str) -> bool:
+    """Whether a Redis answers PING at `url` within a second."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, OSError):
+        return False
+    finally:
+        client.close()
+
+
 class EmbeddedRedisError(RuntimeError):
     pass
 
@@ -58,15 +69,7 @@ class EmbeddedRedis:
 
     def running(self) -> bool:
         """Whether a redis-server (another bridge's, say) already answers on our socket."""
-        if not Path(self.socket_path).exists():
-            return False
-        client = redis.Redis(unix_socket_path=self.socket_path, socket_connect_timeout=1)
-        try:
-            return bool(client.ping())
-        except (redis.ConnectionError, OSError):
-            return False
-        finally:
-            client.close()
+        return Path(self.socket_path).exists() and answers(self.url)
 
     def start(self, timeout: float = 10.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -7,25 +7,14 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from bridge.app import open_redis
-from bridge.embedded import EmbeddedRedis
+from bridge.embedded import EmbeddedRedis, answers
 
 IN_CI = bool(os.environ.get("CI"))
 # A database of its own, so that a developer's data in db 0 is left alone.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
-
-
-def _reachable(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    except (redis.ConnectionError, OSError):
-        return False
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +24,7 @@ def redis_url() -> Iterator[str]:
     In CI a missing Redis is a failure, never a quiet fallback.
     """
     url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    if _reachable(url):
+    if answers(url):
         yield url
         return
     if IN_CI:
