@@ -28,7 +28,7 @@ from bridge.poller import Poller, PollSettings
 from bridge.sinks import Sink
 from bridge.sinks.webhook import WebhookSink
 from bridge.store import Store
-from bridge.tasks import finish
+from bridge.tasks import Supervisor
 
 log = structlog.get_logger(__name__)
 
@@ -173,13 +173,13 @@ class Bridge:
             },
             claim_idle=claim_idle,
         )
+        # Every loop of this process, the dispatcher's own included: what /readyz reports.
+        self.supervisor = Supervisor(children=[self.dispatcher.supervisor])
 
     async def run(self, stop: asyncio.Event) -> None:
-        tasks = [
-            asyncio.create_task(p.run(stop), name=f"poller:{p.store.name}:{p.source}")
-            for p in self.pollers
-        ]
-        tasks.append(asyncio.create_task(self.dispatcher.run(stop), name="dispatcher"))
+        for p in self.pollers:
+            self.supervisor.start(f"poller:{p.store.name}:{p.source}", p.run, stop)
+        self.supervisor.start("dispatcher", self.dispatcher.run, stop)
         api = await self._start_api()
         log.info("bridge_started", stores=len(self.stores), pollers=len(self.pollers))
         stopped = False
@@ -192,7 +192,7 @@ class Bridge:
             # A stop lets each task end its cycle; a cancellation ends them at once. Either is
             # safe: each observation is one atomic Lua script.
             stop.set()  # a task that swallowed its cancellation still ends at its next check
-            await finish(tasks, grace=SHUTDOWN_GRACE if stopped else 0)
+            await self.supervisor.finish(grace=SHUTDOWN_GRACE if stopped else 0)
             for client in self.clients.values():
                 await client.close()
             log.info("bridge_stopped")
