@@ -13,12 +13,15 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 import structlog
 
 from bridge.config.types import url_credentials, url_endpoint
 from bridge.logs import redact_text, register_secrets
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = structlog.get_logger("bridge.sinks")
 
@@ -60,7 +63,7 @@ def describe_error(exc: BaseException) -> str:
 class SinkContext:
     """What a sink may need besides its own subscription's settings."""
 
-    redis: Any = None  # the bridge's own Redis client (Slack keeps message state in it)
+    redis: aioredis.Redis | None = None  # the bridge's own (Slack keeps message state there)
     allow_private_networks: bool = False  # this subscription's, resolved against the config's
 
 

@@ -9,13 +9,16 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.keys import slack_key
 from bridge.sinks.base import DeliveryResult
 from bridge.sinks.slack.api import SHORT_RETRY_AFTER, SlackApi
 from bridge.sinks.slack.messages import MESSAGE_TTL
 from bridge.sinks.slack.render import ERROR_CHARS, JobView, render_digest
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 BACKOFF = (2.0, 4.0, 8.0)  # waits between the tries of one digest send
 MAX_WAIT = 60.0
@@ -99,7 +102,7 @@ class Digest:
 
     def __init__(
         self,
-        redis: Any,
+        redis: aioredis.Redis,
         subscription: str,
         api: SlackApi,
         *,

@@ -7,13 +7,16 @@ another replica edits the same message instead of posting a second one.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.jobs import JobStatus
 from bridge.keys import slack_key
 from bridge.sinks.base import DeliveryResult
 from bridge.sinks.slack.api import Reply, SlackApi
 from bridge.sinks.slack.render import NO_UNFURL, JobView, as_int, render_error_thread
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 MESSAGE_TTL = 14 * 24 * 3600  # how long a job's message stays updatable; jobs end long before
 # chat.update cannot change these messages any more: post a new one instead.
@@ -25,7 +28,7 @@ class JobMessages:
 
     def __init__(
         self,
-        redis: Any,
+        redis: aioredis.Redis,
         subscription: str,
         api: SlackApi,
         *,

@@ -39,6 +39,7 @@ from bridge.sinks.slack.render import (
 
 if TYPE_CHECKING:
     import aiohttp
+    import redis.asyncio as aioredis
 
 DEFAULT_API_BASE = "https://slack.com/api/"
 FAILURE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.STALLED})
@@ -111,7 +112,7 @@ class SlackSink(HttpSink):
     def __init__(
         self,
         name: str,
-        redis: Any,
+        redis: aioredis.Redis,
         *,
         webhook_url: str | None = None,
         token: str | None = None,
@@ -164,6 +165,8 @@ class SlackSink(HttpSink):
 
     @classmethod
     def from_config(cls, config: SlackSubscription, context: SinkContext) -> SlackSink:
+        if context.redis is None:
+            raise ValueError("a Slack sink keeps its message state in the bridge's Redis")
         return cls(
             config.name,
             context.redis,
