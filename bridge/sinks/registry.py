@@ -1,7 +1,8 @@
-"""Every subscription type: its config model and its sink. A new sink is a module and a line here.
+"""Every subscription type: its config model and its sink.
 
-The config builds its subscription union from this table, and the app its sinks; importing
-it imports no client library (see bridge.sinks.base).
+A new sink is one module (its model and its sink class) and one line in SINKS (plus its name
+in the import). The config builds its subscription union from this table, and the app its
+sinks; importing it imports no client library (see bridge.sinks.base).
 """
 
 from __future__ import annotations
@@ -12,12 +13,8 @@ from typing import Annotated, Any, NamedTuple, Union
 from pydantic import Field
 
 from bridge.config.subscription import SubscriptionBase
+from bridge.sinks import nats, rabbitmq, redis_stream, slack, webhook
 from bridge.sinks.base import Sink, SinkContext
-from bridge.sinks.nats import NatsSink, NatsSubscription
-from bridge.sinks.rabbitmq import RabbitMQSink, RabbitMQSubscription
-from bridge.sinks.redis_stream import RedisStreamSink, RedisStreamSubscription
-from bridge.sinks.slack import SlackSink, SlackSubscription
-from bridge.sinks.webhook import WebhookSink, WebhookSubscription
 
 
 class SinkType(NamedTuple):
@@ -26,11 +23,11 @@ class SinkType(NamedTuple):
 
 
 SINKS: dict[str, SinkType] = {
-    "webhook": SinkType(WebhookSubscription, WebhookSink),
-    "slack": SinkType(SlackSubscription, SlackSink),
-    "redis_stream": SinkType(RedisStreamSubscription, RedisStreamSink),
-    "rabbitmq": SinkType(RabbitMQSubscription, RabbitMQSink),
-    "nats": SinkType(NatsSubscription, NatsSink),
+    "webhook": SinkType(webhook.WebhookSubscription, webhook.WebhookSink),
+    "slack": SinkType(slack.SlackSubscription, slack.SlackSink),
+    "redis_stream": SinkType(redis_stream.RedisStreamSubscription, redis_stream.RedisStreamSink),
+    "rabbitmq": SinkType(rabbitmq.RabbitMQSubscription, rabbitmq.RabbitMQSink),
+    "nats": SinkType(nats.NatsSubscription, nats.NatsSink),
 }
 
 # One subscription entry of the config file: the model its `type` names.
