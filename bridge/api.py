@@ -20,7 +20,7 @@ from aiohttp import web
 
 from bridge.deliveries import Deliveries
 from bridge.dispatcher import GROUP
-from bridge.jobs import format_epoch
+from bridge.status import read_status
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
@@ -54,99 +54,75 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     bridge = request.app[BRIDGE]
-    deliveries = Deliveries(bridge.redis)
-    pollers = []
-    for poller in bridge.pollers:
-        known = await poller.store.source_status(poller.source)
-        pollers.append(
-            {
-                "store": poller.store.name,
-                "source": poller.source,
-                **known,
-                "last_poll_at": format_epoch(known["last_poll_at"]),
-                "consecutive_failures": poller.consecutive_failures,
-                "counters": dict(poller.stats),
-            }
-        )
-    outboxes = {name: await store.outbox_status(GROUP) for name, store in bridge.stores.items()}
-    subscriptions = []
-    for sub in bridge.config.subscriptions:
-        found = await deliveries.status(sub.name)
-        subscriptions.append(
-            {
-                "name": sub.name,
-                "type": sub.type,
-                "configured": sub.enabled,
-                **found,
-                **{
-                    k: format_epoch(found[k])
-                    for k in ("last_success_at", "last_failure_at", "failing_since")
-                },
-                "counters": dict(bridge.dispatcher.counts.get(sub.name, {})),
-            }
-        )
-    return web.json_response(
-        {"pollers": pollers, "outboxes": outboxes, "subscriptions": subscriptions}
-    )
+    view = await read_status(bridge.redis, bridge.config)
+    pollers = {
+        (p.store.name, p.source): {
+            "consecutive_failures": p.consecutive_failures,
+            "counters": dict(p.stats),
+        }
+        for p in bridge.pollers
+    }
+    counters = {name: dict(counts) for name, counts in bridge.dispatcher.counts.items()}
+    return web.json_response(view.to_json(pollers, counters))
+
+
+_POLL_COUNTERS = (
+    ("cycles", "Poll cycles completed."),
+    ("requests", "Requests made to the Elastic Path API."),
+    ("events", "Events appended to the outbox."),
+    ("parse_errors", "Job records that could not be parsed."),
+    ("poll_failures", "Poll cycles that failed (API or Redis trouble)."),
+)
+_DELIVERY_COUNTERS = (
+    ("delivered", "Deliveries that succeeded."),
+    ("failed_attempts", "Delivery attempts that failed."),
+    ("retries_scheduled", "Failed deliveries put on the retry schedule."),
+    ("dead_lettered", "Deliveries moved to the dead-letter stream."),
+)
+
+
+def _family(
+    name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]
+) -> list[str]:
+    """One metric family in the Prometheus text format."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        rendered = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        lines.append(f"{name}{{{rendered}}} {value}")
+    return lines
 
 
 async def metrics(request: web.Request) -> web.Response:
     bridge = request.app[BRIDGE]
     lines: list[str] = []
-
-    def family(
-        name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]
-    ) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            rendered = ",".join(f'{k}="{v}"' for k, v in labels.items())
-            lines.append(f"{name}{{{rendered}}} {value}")
-
-    poll_labels = [({"store": p.store.name, "source": p.source}, p) for p in bridge.pollers]
-    for counter, help_text in (
-        ("cycles", "Poll cycles completed."),
-        ("requests", "Requests made to the Elastic Path API."),
-        ("events", "Events appended to the outbox."),
-        ("parse_errors", "Job records that could not be parsed."),
-        ("poll_failures", "Poll cycles that failed (API or Redis trouble)."),
-    ):
-        family(
-            f"jobs_bridge_poll_{counter}_total",
-            "counter",
-            help_text,
-            [(labels, p.stats[counter]) for labels, p in poll_labels],
-        )
+    for counter, help_text in _POLL_COUNTERS:
+        samples = [
+            ({"store": p.store.name, "source": p.source}, p.stats[counter]) for p in bridge.pollers
+        ]
+        lines += _family(f"jobs_bridge_poll_{counter}_total", "counter", help_text, samples)
     deliveries = Deliveries(bridge.redis)
     subs = [s.name for s in bridge.config.subscriptions]
-    for counter, help_text in (
-        ("delivered", "Deliveries that succeeded."),
-        ("failed_attempts", "Delivery attempts that failed."),
-        ("retries_scheduled", "Failed deliveries put on the retry schedule."),
-        ("dead_lettered", "Deliveries moved to the dead-letter stream."),
-    ):
-        family(
-            f"jobs_bridge_{counter}_total",
-            "counter",
-            help_text,
-            [({"subscription": s}, bridge.dispatcher.counts[s][counter]) for s in subs],
-        )
+    for counter, help_text in _DELIVERY_COUNTERS:
+        samples = [({"subscription": s}, bridge.dispatcher.counts[s][counter]) for s in subs]
+        lines += _family(f"jobs_bridge_{counter}_total", "counter", help_text, samples)
     enabled = [({"subscription": s}, float((await deliveries.health(s)).enabled)) for s in subs]
-    family("jobs_bridge_subscription_enabled", "gauge", "1 when enabled, 0 when disabled.", enabled)
+    lines += _family(
+        "jobs_bridge_subscription_enabled", "gauge", "1 when enabled, 0 when disabled.", enabled
+    )
     outboxes = {name: await store.outbox_status(GROUP) for name, store in bridge.stores.items()}
-    family(
+    lines += _family(
         "jobs_bridge_outbox_lag",
         "gauge",
         "Outbox events the dispatcher has not read yet.",
         [({"store": name}, float(o["lag"] or 0)) for name, o in outboxes.items()],
     )
-    family(
+    lines += _family(
         "jobs_bridge_outbox_pending",
         "gauge",
         "Outbox events read but not yet acknowledged (in delivery).",
         [({"store": name}, float(o["pending"] or 0)) for name, o in outboxes.items()],
     )
-    family(
+    lines += _family(
         "jobs_bridge_retry_queue",
         "gauge",
         "Deliveries waiting for a retry.",

@@ -26,8 +26,8 @@ from bridge.elasticpath import (
     NotFound,
     TransientError,
 )
-from bridge.events import event_id, event_type
-from bridge.jobs import Job, JobParseError, Source, parse_job
+from bridge.events import event_id, event_type, stalled_event_id
+from bridge.jobs import Job, JobParseError, JobStatus, Source, parse_job
 from bridge.store import Observation, Store
 
 log = structlog.get_logger(__name__)
@@ -279,7 +279,11 @@ class Poller:
                 if await self.store.mark_stalled(job):
                     scan.report.stalled += 1
                     scan.report.emitted += 1
-                    self._announce(job, f"stalled-{job.status}", "stalled")
+                    self._announce(
+                        stalled_event_id(self.store.name, self.source, job.id, job.status),
+                        JobStatus.STALLED,
+                        job.id,
+                    )
 
     async def _process(self, scan: _Scan, records: Sequence[Any]) -> int:
         """Parse a page, find what is new or changed, observe it. Returns the change count."""
@@ -316,7 +320,9 @@ class Poller:
         for job, outcome in zip(observed, outcomes, strict=True):
             if outcome.result == "emitted":
                 scan.report.emitted += 1
-                self._announce(job, job.status, job.status)
+                self._announce(
+                    event_id(self.store.name, self.source, job.id, job.status), job.status, job.id
+                )
             elif outcome.result == "recorded" and not scan.silent:
                 self._log.info("history_job_recorded", job_id=job.id, status=job.status)
         return len(changed)
@@ -324,7 +330,7 @@ class Poller:
     async def _observation(self, job: Job, silent: bool) -> Observation | None:
         """What to observe of a changed job; None to leave it for the next cycle."""
         errors: list[dict[str, Any]] = []
-        if not silent and job.status == "failed":
+        if not silent and job.status == JobStatus.FAILED:
             if job.source == "pcm":
                 found = await self._job_errors(job)
                 if found is None:
@@ -361,19 +367,16 @@ class Poller:
     def _stall_reference_ms(job: Job) -> int | None:
         if job.terminal:
             return None
-        if job.status == "started" and job.started_at is not None:
+        if job.status == JobStatus.STARTED and job.started_at is not None:
             return int(job.started_at.timestamp() * 1000)
-        if job.status == "pending" and job.created_at is not None:
+        if job.status == JobStatus.PENDING and job.created_at is not None:
             return int(job.created_at.timestamp() * 1000)
         # Started with no started_at (seen in the wild): from when the bridge first saw it.
         return int(time.time() * 1000)
 
-    def _announce(self, job: Job, id_status: str, status: str) -> None:
+    def _announce(self, eid: str, status: str, job_id: str) -> None:
         self._log.info(
-            "event_emitted",
-            event_id=event_id(self.store.name, self.source, job.id, id_status),
-            type=event_type(self.source, status),
-            subject=job.id,
+            "event_emitted", event_id=eid, type=event_type(self.source, status), subject=job_id
         )
 
     def _progress(self, report: CycleReport, total: int | None) -> None:

@@ -1,10 +1,7 @@
 """Redis state of the bridge: job states, open jobs, the outbox, and the Lua that keeps them atomic.
 
-Keys of one store share the hash tag `{<store>}` so every script touches one cluster slot:
-  jb:{s}:jobs    hash    "<source>:<job id>" -> "status|version|seq|stalled"
-  jb:{s}:open    zset    non-terminal jobs, score = stall reference (ms since epoch)
-  jb:{s}:meta    hash    baseline:<source>, full_scan:<source>, count:<source>, ...
-  jb:{s}:events  stream  the outbox: one entry per event, consumer group `dispatch`
+The keys of one store (bridge.keys) share the hash tag `{<store>}`, so every script touches
+one cluster slot.
 """
 
 from __future__ import annotations
@@ -18,8 +15,9 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from bridge.events import build_event, event_id
-from bridge.jobs import Job, now_iso
+from bridge.events import build_event, event_id, stalled_event_id
+from bridge.jobs import RANK, STATUSES, Job, now_iso
+from bridge.keys import store_key
 
 # Compare-and-set of one job's state; appends an event to the outbox when the status changed.
 OBSERVE = """
@@ -41,7 +39,7 @@ local source = ARGV[10]
 local job_json = ARGV[11]
 local extra_json = ARGV[12]
 
-local rank = {pending = 0, started = 1, success = 2, failed = 2, cancelled = 2}
+local rank = RANKS                  -- bridge.jobs.RANK: the lifecycle order
 local stored = redis.call('HGET', jobs_key, member)
 local prev_status = ''
 local seq = 0
@@ -88,7 +86,7 @@ redis.call('XADD', events_key, 'MINID', '~', min_id, '*',
   'id', event_id, 'store', store, 'source', source, 'status', status,
   'prev', prev_status, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', extra_json)
 return {'emitted', seq, prev_status}
-"""
+""".replace("RANKS", "{" + ", ".join(f"{status} = {RANK[status]}" for status in STATUSES) + "}")
 
 # One `stalled` event for a job still in `expected` status; the flag resets on a status change.
 STALL = """
@@ -165,11 +163,10 @@ class Store:
         self.redis = redis
         self.name = name
         self.outbox_retention = outbox_retention
-        prefix = f"jb:{{{name}}}"
-        self.jobs_key = f"{prefix}:jobs"
-        self.open_key = f"{prefix}:open"
-        self.meta_key = f"{prefix}:meta"
-        self.events_key = f"{prefix}:events"
+        self.jobs_key = store_key(name, "jobs")
+        self.open_key = store_key(name, "open")
+        self.meta_key = store_key(name, "meta")
+        self.events_key = store_key(name, "events")
         self._observe = redis.register_script(OBSERVE)
         self._stall = redis.register_script(STALL)
 
@@ -230,7 +227,7 @@ class Store:
             args=[
                 f"{job.source}:{job.id}",
                 job.status,
-                event_id(self.name, job.source, job.id, f"stalled-{job.status}"),
+                stalled_event_id(self.name, job.source, job.id, job.status),
                 now_iso(),
                 self._min_id(),
                 self.name,
