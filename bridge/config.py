@@ -549,6 +549,7 @@ class BridgeConfig(_Model):
     api: ApiConfig | None = None
     allow_private_networks: bool = False
     outbox_retention: PositiveDuration = 7 * DAY
+    finished_job_retention: PositiveDuration = 30 * DAY
     log_level: str = "info"
 
     @field_validator("redis", "subscriptions", mode="before")
@@ -557,6 +558,13 @@ class BridgeConfig(_Model):
         # `subscriptions:` with every entry commented out parses as null; mean "none".
         if value is None:
             return {} if info.field_name == "redis" else []
+        return value
+
+    @field_validator("finished_job_retention")
+    @classmethod
+    def _at_least_an_hour(cls, value: float) -> float:
+        if value < HOUR:
+            raise ValueError(f"must be at least 1h (got {_format_duration(value)})")
         return value
 
     @field_validator("log_level")
