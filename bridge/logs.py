@@ -66,7 +66,7 @@ def _redact_rendered(_logger: Any, _name: str, rendered: str) -> str:
     return redact_text(rendered)
 
 
-class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StdlibHandler(logging.StreamHandler):
     """The root handler `setup` installs (told apart from other handlers, e.g. pytest's)."""
 
 

@@ -229,7 +229,7 @@ class Poller:
             **{f"baseline:{self.source}": now, f"full_scan:{self.source}": now}
         )
         await self.store.delete_meta(f"recover_after:{self.source}")
-        self._watch.baseline_seen = True
+        self._watch.baseline_completed()
         self._log.info("baseline_completed", jobs=known, emitted=report.emitted, passes=passes)
 
     async def _sweep_if_due(self) -> None:

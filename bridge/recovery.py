@@ -78,6 +78,9 @@ class StateWatch:
         )
         return since - self.margin
 
+    def baseline_completed(self) -> None:
+        self.baseline_seen = True
+
     def polled(self, started: float) -> None:
         """A cycle that began at `started` (epoch seconds) completed."""
         self._saw_poll(started)

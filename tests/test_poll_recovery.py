@@ -10,9 +10,13 @@ import pytest
 from pollkit import FAST, ago, events, make_poller, named, transitions
 from structlog.testing import capture_logs
 
+from bridge.config import ConfigError, parse_config
 from bridge.jobs import parse_job
+from bridge.poller import PollSettings
 from bridge.simulator import Simulator, make_app
 from bridge.store import Observation, Store, parse_state
+
+STORE = "{name: s, api_base: 'https://api.example.com', client_id: i, client_secret: x}"
 
 
 @pytest.fixture
@@ -172,3 +176,22 @@ async def test_the_sweep_stamps_records_written_before_they_carried_their_minute
     assert await redis_client.hget(store.jobs_key, "pcm:open") == "started|1|1|0"
     assert await store.forget_finished("pcm", time.time() + 120) == 1
     assert await redis_client.hkeys(store.jobs_key) == ["pcm:open"]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [(None, 30 * 86400), ("1h", 3600), ("90d", 90 * 86400)]
+)
+def test_finished_job_retention_is_configured_and_at_least_an_hour(text, seconds) -> None:
+    line = f"finished_job_retention: {text}\n" if text else ""
+    config = parse_config(f"{line}stores: [{STORE}]", environ={})
+    assert config.finished_job_retention == seconds
+    settings = PollSettings.from_config(
+        config.stores[0], finished_job_retention=config.finished_job_retention
+    )
+    assert settings.finished_job_retention == seconds
+
+
+def test_a_retention_under_an_hour_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"finished_job_retention: 1ms\nstores: [{STORE}]", environ={})
+    assert caught.value.problems == ["finished_job_retention: must be at least 1h (got 1ms)"]
