@@ -13,17 +13,18 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
 import structlog
 
-from bridge.elasticpath import ApiError, ElasticPathClient, NotFound, Page, TransientError
+from bridge.elasticpath import ApiError, ElasticPathClient, Page
 from bridge.events import event_id, event_type
 from bridge.joberrors import JobErrors
 from bridge.jobs import Job, JobParseError, Source, parse_job
+from bridge.openjobs import OpenJobs
 from bridge.recovery import Metas, StateLost, StateWatch
 from bridge.scan import CycleReport, Scan, pages
 from bridge.store import Observation, Store, StoredState
@@ -63,38 +64,9 @@ class PollSettings:
         return cls(**{**own, **overrides})
 
 
-class _Backoff:
-    """Open jobs whose fetch failed for good, each waiting out its own exponential backoff."""
-
-    def __init__(self, base: float, cap: float) -> None:
-        self.base = base
-        self.cap = cap
-        self._jobs: dict[str, tuple[int, float]] = {}  # job id -> (failures, retry at)
-
-    def waiting(self, job_id: str) -> bool:
-        entry = self._jobs.get(job_id)
-        return entry is not None and time.monotonic() < entry[1]
-
-    def failed(self, job_id: str) -> tuple[int, float]:
-        """Counts a failure; returns the failures so far and the delay before the next try."""
-        failures = self._jobs.get(job_id, (0, 0.0))[0] + 1
-        delay = min(self.cap, self.base * 2 ** (failures - 1))
-        self._jobs[job_id] = (failures, time.monotonic() + delay)
-        return failures, delay
-
-    def forget(self, job_ids: Iterable[str]) -> None:
-        for job_id in job_ids:
-            self._jobs.pop(job_id, None)
-
-    def keep_only(self, job_ids: Iterable[str]) -> None:
-        """Drop the jobs no longer open (finished, vanished): nothing to retry for them."""
-        keep = set(job_ids)
-        self.forget([job_id for job_id in self._jobs if job_id not in keep])
-
-
 class Poller:
     """One store, one source (`pcm` or `v2`). State lives in Redis; in memory only what
-    must survive Redis losing it (see `StateWatch`) and per-job backoffs."""
+    must survive Redis losing it (see `StateWatch`) and per-job backoffs (see `OpenJobs`)."""
 
     def __init__(
         self,
@@ -113,7 +85,15 @@ class Poller:
         self._log = log.bind(store=store.name, source=source)
         self._errors = JobErrors(client, settings.errors_limit, self._log)
         self._watch = StateWatch(self._log)
-        self._backoff = _Backoff(settings.job_retry_base, settings.job_retry_cap)
+        self._open = OpenJobs(
+            client,
+            store,
+            source,
+            self._log,
+            self.stats,
+            retry_base=settings.job_retry_base,
+            retry_cap=settings.job_retry_cap,
+        )
         self._next_sweep = 0.0  # monotonic
 
     # -- the loop ------------------------------------------------------------------------
@@ -302,9 +282,9 @@ class Poller:
     async def _finish(self, scan: Scan) -> None:
         """Fetch open jobs the scan did not reach, then look for stalled ones."""
         open_jobs = await self.store.open_jobs(self.source)
-        self._backoff.keep_only(open_jobs)
+        self._open.keep_only(open_jobs)
         for job_id in open_jobs.keys() - scan.seen:
-            record = await self._fetch_open(scan, job_id)
+            record = await self._open.fetch(scan.report, job_id)
             if record is not None:
                 scan.report.fetched_open += 1
                 await self._process(scan, [record])
@@ -323,39 +303,6 @@ class Poller:
                     scan.report.stalled += 1
                     scan.report.emitted += 1
                     self._announce(job, f"stalled-{job.status}", "stalled")
-
-    async def _fetch_open(self, scan: Scan, job_id: str) -> Any | None:
-        """One open job's record; None when it vanished or its fetch failed for good.
-
-        A job whose GET fails for a reason a retry will not fix (400, a broken or oversized
-        body) must not fail the cycle: it is skipped with a backoff of its own.
-        """
-        if self._backoff.waiting(job_id):
-            scan.report.deferred += 1
-            return None
-        fetch = self.client.get_pcm_job if self.source == "pcm" else self.client.get_v2_job
-        try:
-            record = await fetch(job_id)
-        except NotFound:
-            await self.store.forget_open(self.source, job_id)
-            self._log.info("job_vanished", job_id=job_id)
-            return None
-        except TransientError:
-            raise
-        except ApiError as exc:
-            failures, delay = self._backoff.failed(job_id)
-            scan.report.fetch_failed += 1
-            self.stats["job_fetch_failures"] += 1
-            self._log.warning(
-                "job_fetch_failed",
-                job_id=job_id,
-                error=str(exc),
-                failures=failures,
-                retry_in=round(delay, 1),
-            )
-            return None
-        self._backoff.forget([job_id])
-        return record
 
     async def _process(self, scan: Scan, records: Sequence[Any]) -> int:
         """Parse a page, find what is new or changed, observe it. Returns the change count."""
