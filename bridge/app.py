@@ -89,7 +89,12 @@ class Bridge:
             for s in config.stores
         }
         self.pollers = [
-            Poller(self.clients[s.name], self.stores[s.name], source, PollSettings.from_config(s))
+            Poller(
+                self.clients[s.name],
+                self.stores[s.name],
+                source,
+                PollSettings.from_config(s, finished_job_retention=config.finished_job_retention),
+            )
             for s in config.stores
             for source in s.sources
         ]
