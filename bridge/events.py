@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from typing import Any
@@ -10,13 +11,22 @@ from bridge.jobs import JobStatus
 
 # Fixed namespace: every replica of the bridge derives the same id for the same transition.
 _NAMESPACE = uuid.UUID("6f0b5d1e-8a53-4c1e-9a63-0c2f3b7e6a10")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
 
 EVENT_STATUSES = tuple(JobStatus)
 
 
 def event_id(store: str, source: str, job_id: str, status: str) -> str:
-    """Same store, source, job and status give the same id, wherever it is computed."""
-    return str(uuid.uuid5(_NAMESPACE, f"{store}/{source}/{job_id}/{status}"))
+    """Same store, source, job and status give the same id, wherever it is computed.
+
+    `uuid.uuid5(_NAMESPACE, name)`, spelt out: a third of the time, on the observe hot path.
+    """
+    digest = hashlib.sha1(_NAMESPACE_BYTES + f"{store}/{source}/{job_id}/{status}".encode())
+    h = digest.hexdigest()
+    # Version 5 in the high nibble of byte 6, the RFC 4122 variant in the top bits of byte 8.
+    return (
+        f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{(int(h[16], 16) & 0x3 | 0x8):x}{h[17:20]}-{h[20:32]}"
+    )
 
 
 def stalled_event_id(store: str, source: str, job_id: str, status: str) -> str:

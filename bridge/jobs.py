@@ -88,7 +88,9 @@ def format_timestamp(value: datetime | None) -> str | None:
     """ISO-8601 UTC with millisecond precision and a `Z`, or None."""
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if value.tzinfo is not UTC:  # parsed timestamps are UTC already: skip the conversion
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" -> "Z"
 
 
 def format_epoch(seconds: float | None) -> str | None:

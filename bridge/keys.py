@@ -44,3 +44,8 @@ def attempts_key(subscription: str, event_id: str | None = None) -> str:
 def slack_key(subscription: str, *parts: str) -> str:
     """A Slack subscription's key: `recent`, `digest`, `stats`, ... or a job's message."""
     return ":".join((f"jb:slack:{{{subscription}}}", *parts))
+
+
+def lease_key(store: str, source: str) -> str:
+    """The poll lease of one store's source: "<fencing token> <process id>", with a TTL."""
+    return store_key(store, f"lease:{source}")

@@ -8,106 +8,143 @@ one cluster slot. A job's record in `jobs`: open "status|version|seq|stalled", f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from itertools import groupby
+from json.encoder import encode_basestring_ascii as _quote  # how json.dumps writes a str
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from bridge.events import build_event, event_id, stalled_event_id
-from bridge.jobs import RANK, STATUSES, TERMINAL, Job, now_iso
-from bridge.keys import store_key
+from bridge.jobs import RANK, STATUSES, TERMINAL, Job, format_timestamp, now_iso
+from bridge.keys import lease_key, store_key
 
-# Compare-and-set of one job's state; appends an event to the outbox when the status changed.
+# Jobs per observe script call (a page of the API at most): a call holds Redis for about
+# 10 us per job, and a bigger batch is sent as several calls in a row.
+OBSERVE_BATCH = 100
+
+# Compare-and-set of a page of jobs' states (all of one source); appends an event to the outbox
+# for each status change. One call per page: all its keys share the store's slot.
 OBSERVE = """
 local jobs_key = KEYS[1]
 local open_key = KEYS[2]
 local events_key = KEYS[3]
 local meta_key = KEYS[4]
-local member = ARGV[1]              -- "<source>:<job id>"
-local status = ARGV[2]
-local version_text = ARGV[3]        -- updated_at in microseconds, 0 when unset
-local version = tonumber(version_text)
-local silent = ARGV[4] == "1"       -- baseline: record a job never seen before, no event
-local open_score = ARGV[5]          -- stall reference (ms) of an open job, "" once finished
-local event_id = ARGV[6]
-local observed_at = ARGV[7]
-local min_id = ARGV[8]              -- outbox entries older than this may be trimmed
-local store = ARGV[9]
-local source = ARGV[10]
-local job_json = ARGV[11]
-local extra_json = ARGV[12]
-local finished_minute = ARGV[13]    -- a finished job's last activity (minutes), "" while open
-local marker = ARGV[14]             -- meta field that must exist, "" for none
+local lease_key = KEYS[5]            -- this source's poll lease (bridge.leases)
+local marker = ARGV[1]               -- meta field that must exist, "" for none
+local fence = ARGV[2]                -- the lease value the writer holds, "" for none
+local observed_at = ARGV[3]
+local min_id = ARGV[4]               -- outbox entries older than this may be trimmed
+local store = ARGV[5]
+local source = ARGV[6]
+-- ARGV[7]: a JSON array with one array of strings per job: id, status, version (updated_at
+-- in microseconds, "0" when unset), silent ("1": record a job never seen before, no event),
+-- open score (stall reference in ms of an open job, "" once finished), event id, job json,
+-- extra json, finished minute (a finished job's last activity, "" while open). One argument
+-- rather than nine per job: a client packs each argument at a cost, Redis decodes JSON fast.
 
+-- A writer whose lease has passed to another process (or expired) writes nothing.
+if fence ~= '' and redis.call('GET', lease_key) ~= fence then
+  return {'fenced'}
+end
 -- A Redis that lost its data (restart without persistence, FLUSHDB) has no marker: write
 -- nothing, so that the poller notices and recovers instead of recording changes silently.
 if marker ~= '' and redis.call('HEXISTS', meta_key, marker) == 0 then
-  return {'lost', 0, ''}
+  return {'lost'}
 end
+
+local rank = RANKS                   -- bridge.jobs.RANK: the lifecycle order
+local prefix = source .. ':'
+local out = {}
+local new_jobs = 0
+local emitted = 0
 
 -- A finished job's record needs no version (nothing it says later changes it) but carries
 -- the minute it finished, for retention: 8 bytes per record less in Redis's allocator.
-local function state(seq, stalled)
+local function state(status, version_text, seq, stalled, finished_minute)
   if finished_minute ~= '' then
     return status .. '||' .. seq .. '|' .. finished_minute
   end
   return status .. '|' .. version_text .. '|' .. seq .. '|' .. stalled
 end
 
-local rank = RANKS                  -- bridge.jobs.RANK: the lifecycle order
-local stored = redis.call('HGET', jobs_key, member)
-local prev_status = ''
-local seq = 0
-if stored then
-  local s, v, q, t = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-  seq = tonumber(q)
-  if v == '' then
-    return {s == status and 'unchanged' or 'stale', seq, s}
-  end
-  local stored_version = tonumber(v)
-  if version < stored_version then
-    return {'stale', seq, s}
-  end
-  if s == status then
-    if version > stored_version then
-      redis.call('HSET', jobs_key, member, state(seq, t))
+local function observe(job)
+  local member = prefix .. job[1]
+  local status = job[2]
+  local version_text = job[3]
+  local open_score = job[5]
+  local finished_minute = job[9]
+  local stored = redis.call('HGET', jobs_key, member)
+  local prev_status = ''
+  local seq = 0
+  if stored then
+    local s, v, q, t = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    seq = tonumber(q)
+    if v == '' then
+      return s == status and 'unchanged' or 'stale', seq, s
     end
-    return {'unchanged', seq, s}
-  end
-  -- Jobs never move backwards. updated_at does not move when a job completes, so a late
-  -- read of an earlier status carries the same version: refuse it by the lifecycle order.
-  local old_rank = rank[s] or 0
-  local new_rank = rank[status] or 0
-  if new_rank < old_rank or (new_rank == old_rank and version == stored_version) then
-    return {'stale', seq, s}
-  end
-  prev_status = s
-else
-  redis.call('HINCRBY', meta_key, 'count:' .. source, 1)
-  if silent then
-    redis.call('HSET', jobs_key, member, state(0, '0'))
-    if open_score ~= '' then
-      redis.call('ZADD', open_key, open_score, member)
+    local version = tonumber(version_text)
+    local stored_version = tonumber(v)
+    if version < stored_version then
+      return 'stale', seq, s
     end
-    return {'recorded', 0, ''}
+    if s == status then
+      if version > stored_version then
+        redis.call('HSET', jobs_key, member, state(status, version_text, seq, t, finished_minute))
+      end
+      return 'unchanged', seq, s
+    end
+    -- Jobs never move backwards. updated_at does not move when a job completes, so a late
+    -- read of an earlier status carries the same version: refuse it by the lifecycle order.
+    local old_rank = rank[s] or 0
+    local new_rank = rank[status] or 0
+    if new_rank < old_rank or (new_rank == old_rank and version == stored_version) then
+      return 'stale', seq, s
+    end
+    prev_status = s
+  else
+    new_jobs = new_jobs + 1
+    if job[4] == '1' then
+      redis.call('HSET', jobs_key, member, state(status, version_text, 0, '0', finished_minute))
+      if open_score ~= '' then
+        redis.call('ZADD', open_key, open_score, member)
+      end
+      return 'recorded', 0, ''
+    end
   end
+  seq = seq + 1
+  redis.call('HSET', jobs_key, member, state(status, version_text, seq, '0', finished_minute))
+  if open_score ~= '' then
+    redis.call('ZADD', open_key, open_score, member)
+  else
+    redis.call('ZREM', open_key, member)
+  end
+  redis.call('XADD', events_key, '*',
+    'id', job[6], 'store', store, 'source', source, 'status', status,
+    'prev', prev_status, 'seq', seq, 'time', observed_at, 'job', job[7], 'extra', job[8])
+  emitted = emitted + 1
+  return 'emitted', seq, prev_status
 end
 
-seq = seq + 1
-redis.call('HSET', jobs_key, member, state(seq, '0'))
-if open_score ~= '' then
-  redis.call('ZADD', open_key, open_score, member)
-else
-  redis.call('ZREM', open_key, member)
+for _, job in ipairs(cjson.decode(ARGV[7])) do
+  local result, seq, prev = observe(job)
+  out[#out + 1] = result
+  out[#out + 1] = seq
+  out[#out + 1] = prev
 end
-redis.call('XADD', events_key, 'MINID', '~', min_id, '*',
-  'id', event_id, 'store', store, 'source', source, 'status', status,
-  'prev', prev_status, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', extra_json)
-return {'emitted', seq, prev_status}
+if new_jobs > 0 then
+  redis.call('HINCRBY', meta_key, 'count:' .. source, new_jobs)
+end
+if emitted > 0 then
+  redis.call('XTRIM', events_key, 'MINID', '~', min_id)
+end
+return out
 """.replace("RANKS", "{" + ", ".join(f"{status} = {RANK[status]}" for status in STATUSES) + "}")
 
 # Finished jobs' records past retention: each (member, value read, replacement) is applied
@@ -132,6 +169,7 @@ return forgotten
 STALL = """
 local jobs_key = KEYS[1]
 local events_key = KEYS[2]
+local lease_key = KEYS[3]
 local member = ARGV[1]
 local expected = ARGV[2]
 local event_id = ARGV[3]
@@ -140,7 +178,11 @@ local min_id = ARGV[5]
 local store = ARGV[6]
 local source = ARGV[7]
 local job_json = ARGV[8]
+local fence = ARGV[9]               -- the lease value the writer holds, "" for none
 
+if fence ~= '' and redis.call('GET', lease_key) ~= fence then
+  return {'fenced', 0}
+end
 local stored = redis.call('HGET', jobs_key, member)
 if not stored then
   return {'unknown', 0}
@@ -158,7 +200,17 @@ return {'emitted', seq}
 """
 
 DAY = 86_400.0
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps without a new encoder per call
 OUTBOX_LAG_CAP = 100_000  # counting further than this (Redis < 7) costs more than it tells
+
+
+class Fenced(Exception):
+    """A write refused: the poll lease it was made under is no longer the writer's."""
+
+    def __init__(self, store: str, source: str, fence: str) -> None:
+        super().__init__(f"the poll lease of {store}/{source} is no longer {fence!r}")
+        self.store = store
+        self.source = source
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +235,7 @@ class Observation:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    result: str  # emitted | recorded | unchanged | stale
+    result: str  # emitted | recorded | unchanged | stale | lost
     sequence: int
     previous_status: str | None
 
@@ -202,6 +254,21 @@ def last_activity(job: Job) -> float | None:
     stamps = (job.created_at, job.updated_at, job.started_at, job.completed_at)
     known = [stamp.timestamp() for stamp in stamps if stamp is not None]
     return max(known) if known else None
+
+
+def _stamp(value: datetime | None) -> str:
+    text = format_timestamp(value)
+    return "null" if text is None else f'"{text}"'
+
+
+def job_json(job: Job) -> str:
+    """`json.dumps(job.to_dict(), separators=(",", ":"))`, written out: in half the time."""
+    return (
+        f'{{"id":{_quote(job.id)},"type":{_quote(job.type)},"status":{_quote(job.status)},'
+        f'"created_at":{_stamp(job.created_at)},"started_at":{_stamp(job.started_at)},'
+        f'"completed_at":{_stamp(job.completed_at)},"updated_at":{_stamp(job.updated_at)},'
+        f'"meta":{_ENCODER.encode(job.meta)}}}'
+    )
 
 
 def _minute(seconds: float) -> int:
@@ -235,57 +302,81 @@ class Store:
         raw = await self.redis.hmget(self.jobs_key, [f"{source}:{i}" for i in job_ids])
         return [parse_state(r) for r in raw]
 
+    def lease_key(self, source: str) -> str:
+        """The poll lease of one source (bridge.leases), checked by every write of a poller."""
+        return lease_key(self.name, source)
+
     async def observe(
-        self, observations: Iterable[Observation], *, marker: str = ""
+        self, observations: Iterable[Observation], *, marker: str = "", fence: str = ""
     ) -> list[Outcome]:
-        """Run the observe script for each observation, pipelined; each one is atomic.
+        """Observe jobs: one atomic script call per source and batch of OBSERVE_BATCH jobs.
 
         With `marker` (a meta field), an observation made after Redis lost that field writes
-        nothing and comes back `lost`.
+        nothing and comes back `lost`. With `fence` (the value of the source's poll lease the
+        caller holds), nothing is written once the lease is another's: `Fenced` is raised.
         """
-        observations = list(observations)
-        if not observations:
-            return []
-        observed_at = now_iso()
-        min_id = self._min_id()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for obs in observations:
-                await self._observe(
-                    keys=[self.jobs_key, self.open_key, self.events_key, self.meta_key],
-                    args=[*self._observe_args(obs, observed_at, min_id), marker],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
-        return [Outcome(str(r[0]), int(r[1]), str(r[2]) or None) for r in replies]
+        header = [marker, fence, now_iso(), self._min_id(), self.name]
+        outcomes: list[Outcome] = []
+        sent: asyncio.Future[list[Outcome]] | None = None
+        try:
+            for source, group in groupby(observations, key=lambda obs: obs.job.source):
+                batch = list(group)
+                for at in range(0, len(batch), OBSERVE_BATCH):
+                    chunk = batch[at : at + OBSERVE_BATCH]
+                    # Built while Redis runs the batch before: the two processes overlap.
+                    jobs = _ENCODER.encode([self._observe_row(obs) for obs in chunk])
+                    if sent is not None:
+                        outcomes += await sent
+                    sent = asyncio.ensure_future(
+                        self._observe_batch(source, [*header, source, jobs], len(chunk))
+                    )
+                    await asyncio.sleep(0)  # let it send its request
+            if sent is not None:
+                outcomes += await sent
+        finally:
+            if sent is not None and not sent.done():
+                sent.cancel()
+        return outcomes
 
-    def _observe_args(self, obs: Observation, observed_at: str, min_id: str) -> list[Any]:
+    async def _observe_batch(self, source: str, args: list[str], count: int) -> list[Outcome]:
+        keys = [self.jobs_key, self.open_key, self.events_key, self.meta_key]
+        reply = await self._observe(keys=[*keys, self.lease_key(source)], args=args)
+        if reply[0] == "fenced":
+            raise Fenced(self.name, source, args[1])
+        if reply[0] == "lost":
+            return [Outcome("lost", 0, None)] * count
+        return [
+            Outcome(reply[at], int(reply[at + 1]), reply[at + 2] or None)
+            for at in range(0, len(reply), 3)
+        ]
+
+    def _observe_row(self, obs: Observation) -> tuple[str, ...]:
         job = obs.job
-        open_score = "" if job.terminal else str(obs.stall_reference_ms or 0)
         extra: dict[str, Any] = {}
         if obs.errors:
             extra["errors"] = list(obs.errors)
         if obs.file_locations:
             extra["file_locations"] = list(obs.file_locations)
-        return [
-            f"{job.source}:{job.id}",
+        terminal = job.terminal
+        return (
+            job.id,
             job.status,
-            job.version,
+            str(job.version),
             "1" if obs.silent else "0",
-            open_score,
+            "" if terminal else str(obs.stall_reference_ms or 0),
             event_id(self.name, job.source, job.id, job.status),
-            observed_at,
-            min_id,
-            self.name,
-            job.source,
-            json.dumps(job.to_dict(), separators=(",", ":")),
-            json.dumps(extra, separators=(",", ":")),
-            _minute(last_activity(job) or time.time()) if job.terminal else "",
-        ]
+            job_json(job),
+            _ENCODER.encode(extra) if extra else "{}",
+            str(_minute(last_activity(job) or time.time())) if terminal else "",
+        )
 
-    async def mark_stalled(self, job: Job) -> bool:
-        """Emit one `stalled` event for a job still pending/started; False if already done."""
+    async def mark_stalled(self, job: Job, *, fence: str = "") -> bool:
+        """Emit one `stalled` event for a job still pending/started; False if already done.
+
+        `fence`: as for `observe`.
+        """
         reply = await self._stall(
-            keys=[self.jobs_key, self.events_key],
+            keys=[self.jobs_key, self.events_key, self.lease_key(job.source)],
             args=[
                 f"{job.source}:{job.id}",
                 job.status,
@@ -294,9 +385,12 @@ class Store:
                 self._min_id(),
                 self.name,
                 job.source,
-                json.dumps(job.to_dict(), separators=(",", ":")),
+                job_json(job),
+                fence,
             ],
         )
+        if reply[0] == "fenced":
+            raise Fenced(self.name, job.source, fence)
         return reply[0] == "emitted"
 
     async def open_jobs(self, source: str) -> dict[str, int]:
