@@ -13,10 +13,12 @@ from aiohttp import web
 
 from bridge.api import make_api
 from bridge.config import BridgeConfig
-from bridge.dispatcher import Dispatcher
+from bridge.dispatcher import Dispatcher, consumer_name
 from bridge.elasticpath import ElasticPathClient
 from bridge.embedded import EmbeddedRedis
+from bridge.leases import Leases
 from bridge.poller import Poller, PollSettings
+from bridge.redisclient import RedisClient, open_redis
 from bridge.sinks.base import SinkContext
 from bridge.sinks.registry import build_sink
 from bridge.store import Store
@@ -24,24 +26,11 @@ from bridge.tasks import Supervisor
 
 log = structlog.get_logger(__name__)
 
-REDIS_CONNECTIONS = 50
 SHUTDOWN_GRACE = 15.0  # seconds a task may take to finish after a stop (dispatcher drains 10 s)
 
 
-def open_redis(url: str) -> aioredis.Redis:
-    """A client for the bridge's Redis.
-
-    Its pool blocks when all connections are busy: under a backlog, hundreds of deliveries
-    wait for a connection instead of failing with "too many connections".
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=REDIS_CONNECTIONS, timeout=None, decode_responses=True
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
 @contextlib.asynccontextmanager
-async def connect_redis(config: BridgeConfig) -> AsyncIterator[aioredis.Redis]:
+async def connect_redis(config: BridgeConfig) -> AsyncIterator[RedisClient]:
     """The configured Redis, or the embedded one under data_dir (started here if not running).
 
     Operator commands run beside a running bridge reach its embedded Redis by its socket.
@@ -55,7 +44,7 @@ async def connect_redis(config: BridgeConfig) -> AsyncIterator[aioredis.Redis]:
         else:
             embedded = server
             url = await asyncio.to_thread(server.start)
-    client = open_redis(url)
+    client = open_redis(url, cluster=config.redis.cluster)
     try:
         await client.ping()
         yield client
@@ -73,6 +62,9 @@ class Bridge:
     ) -> None:
         self.config = config
         self.redis = redis
+        # This process, as its leases and its consumers name it: hostname-pid-random.
+        self.process_id = consumer_name()
+        self.leases = Leases(redis, self.process_id, config.lease_ttl)
         self.stores = {
             s.name: Store(redis, s.name, outbox_retention=config.outbox_retention)
             for s in config.stores
@@ -110,13 +102,16 @@ class Bridge:
                 if sub.enabled
             },
             claim_idle=claim_idle,
+            consumer=self.process_id,
         )
         # Every loop of this process, the dispatcher's own included: what /readyz reports.
         self.supervisor = Supervisor(children=[self.dispatcher.supervisor])
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Each poller polls while this process holds its lease (taken before the first cycle).
         for p in self.pollers:
-            self.supervisor.start(f"poller:{p.store.name}:{p.source}", p.run, stop)
+            self.supervisor.start(f"poller:{p.store.name}:{p.source}", self.leases.polling(p), stop)
+        self.supervisor.start("leases", self.leases.run, stop)
         self.supervisor.start("dispatcher", self.dispatcher.run, stop)
         api = await self._start_api()
         log.info("bridge_started", stores=len(self.stores), pollers=len(self.pollers))

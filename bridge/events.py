@@ -24,9 +24,7 @@ def event_id(store: str, source: str, job_id: str, status: str) -> str:
     digest = hashlib.sha1(_NAMESPACE_BYTES + f"{store}/{source}/{job_id}/{status}".encode())
     h = digest.hexdigest()
     # Version 5 in the high nibble of byte 6, the RFC 4122 variant in the top bits of byte 8.
-    return (
-        f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{(int(h[16], 16) & 0x3 | 0x8):x}{h[17:20]}-{h[20:32]}"
-    )
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{(int(h[16], 16) & 0x3 | 0x8):x}{h[17:20]}-{h[20:32]}"
 
 
 def stalled_event_id(store: str, source: str, job_id: str, status: str) -> str:

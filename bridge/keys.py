@@ -5,8 +5,11 @@ each Lua script and transaction then touches a single Redis Cluster slot.
 
   jb:{<store>}:jobs                 hash    "<source>:<job id>" -> "status|version|seq|stalled"
   jb:{<store>}:open                 zset    non-terminal jobs, score = stall reference (ms)
-  jb:{<store>}:meta                 hash    baseline:<source>, full_scan:<source>, count:<source>
+  jb:{<store>}:meta                 hash    baseline:<source>, full_scan:<source>, count:<source>,
+                                            lease_token:<source> (acquisitions of its lease)
   jb:{<store>}:events               stream  the outbox: one entry per event
+  jb:{<store>}:lease:<source>       string  "<token> <process id>": who polls it (bridge.leases)
+  jb:processes                      zset    process id -> last heartbeat (ms, Redis's clock)
   jb:retry                          zset    "<subscription>\\n<event id>" by due time (ms)
   jb:delivery:<sub>:<event id>      hash    the event and its attempt count, while retried
   jb:dlq                            stream  dead letters: subscription, event id, reason, event
@@ -18,6 +21,7 @@ each Lua script and transaction then touches a single Redis Cluster slot.
 
 from __future__ import annotations
 
+PROCESSES = "jb:processes"
 RETRY = "jb:retry"
 DEAD_LETTERS = "jb:dlq"
 

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.exceptions
 import structlog
 
 from bridge.elasticpath import ApiError, ElasticPathClient, Page
@@ -26,8 +25,9 @@ from bridge.joberrors import JobErrors
 from bridge.jobs import Job, JobParseError, JobStatus, Source, parse_job
 from bridge.openjobs import OpenJobs
 from bridge.recovery import Metas, StateLost, StateWatch
+from bridge.redisclient import TRANSIENT
 from bridge.scan import CycleReport, Scan, pages
-from bridge.store import Observation, Store, StoredState
+from bridge.store import Fenced, Observation, Store, StoredState
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +82,9 @@ class Poller:
         self.stats: Counter[str] = Counter()
         self.last_change = 0.0
         self.consecutive_failures = 0
+        # The value of the poll lease this process holds for it (bridge.leases), "" for none:
+        # every write is fenced by it.
+        self.fence = ""
         self._log = log.bind(store=store.name, source=source)
         self._errors = JobErrors(client, settings.errors_limit, self._log)
         self._watch = StateWatch(self._log)
@@ -99,11 +102,12 @@ class Poller:
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until `stop` is set. API, Redis and parsing trouble is logged, never fatal."""
+        """Poll until `stop` is set. API, Redis and parsing trouble is logged, never fatal;
+        a write fenced off (the lease is another process's now) ends it with `Fenced`."""
         while not stop.is_set():
             try:
                 report = await self.cycle()
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Fenced):
                 raise
             except Exception as exc:
                 delay = self._failure_delay(exc)
@@ -123,7 +127,7 @@ class Poller:
             self.settings.poll_interval * 2 ** min(self.consecutive_failures, 10),
         )
         delay *= random.uniform(0.8, 1.2)
-        expected = isinstance(exc, ApiError | redis.exceptions.RedisError | OSError)
+        expected = isinstance(exc, (ApiError, *TRANSIENT))
         (self._log.warning if expected else self._log.exception)(
             "poll_failed",
             error=f"{type(exc).__name__}: {exc}",
@@ -299,7 +303,7 @@ class Poller:
             if job is None:
                 continue
             if reference_ms + self.settings.stall_after * 1000 <= now_ms:
-                if await self.store.mark_stalled(job):
+                if await self.store.mark_stalled(job, fence=self.fence):
                     scan.report.stalled += 1
                     scan.report.emitted += 1
                     self._announce(
@@ -327,7 +331,7 @@ class Poller:
             if observation is not None:
                 observed.append(job)
                 observations.append(observation)
-        outcomes = await self.store.observe(observations, marker=scan.marker)
+        outcomes = await self.store.observe(observations, marker=scan.marker, fence=self.fence)
         if any(outcome.result == "lost" for outcome in outcomes):
             raise StateLost(self.store.name)
         scan.report.changes += len(changed)

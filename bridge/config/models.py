@@ -33,6 +33,8 @@ from bridge.jobs import Source
 from bridge.sinks.registry import Subscription
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LEASE_TTL_MIN = 3.0
+LEASE_TTL_MAX = 10 * MINUTE
 # Validation context of a config whose cross-references were checked on its raw data.
 CROSS_CHECKED = "cross_checked"
 
@@ -41,6 +43,15 @@ class RedisConfig(Model):
     """Where the bridge keeps its state; no url means an embedded Redis under data_dir."""
 
     url: RedisUrl | None = None
+    # url names one node of a Redis Cluster; the client discovers the rest.
+    cluster: bool = False
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> RedisConfig:
+        if self.cluster and self.url is None:
+            message = "needs redis.url (a node of the cluster): the embedded Redis is one server"
+            raise Invalid([(("cluster",), message)])
+        return self
 
 
 class StoreConfig(Model):
@@ -154,6 +165,9 @@ class BridgeConfig(Model):
     allow_private_networks: bool = False
     outbox_retention: PositiveDuration = 7 * DAY
     finished_job_retention: PositiveDuration = 30 * DAY
+    # How long a poll lease outlives its holder: a dead process's stores are polled again
+    # by another within it. Renewed every third of it.
+    lease_ttl: PositiveDuration = 15.0
     log_level: str = "info"
 
     @field_validator("redis", "subscriptions", mode="before")
@@ -169,6 +183,15 @@ class BridgeConfig(Model):
     def _at_least_an_hour(cls, value: float) -> float:
         if value < HOUR:
             raise ValueError(f"must be at least 1h (got {format_duration(value)})")
+        return value
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _lease_ttl_bounds(cls, value: float) -> float:
+        # Below 3 s a slow Redis round trip or a pause of the process loses leases; above
+        # 10 minutes a dead process's stores wait that long for another.
+        if not LEASE_TTL_MIN <= value <= LEASE_TTL_MAX:
+            raise ValueError(f"must be between 3s and 10m (got {format_duration(value)})")
         return value
 
     @field_validator("log_level")

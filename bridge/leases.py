@@ -1,0 +1,377 @@
+"""Poll leases: each (store, source) is polled by one process at a time, shared out fairly.
+
+A lease is a key in its store's slot, `jb:{<store>}:lease:<source>` = "<token> <process id>",
+taken with SET NX PX, renewed every ttl/3 by compare-and-renew and released on a clean stop by
+compare-and-delete. The token counts acquisitions (meta field `lease_token:<source>`); the
+poller hands the whole value to the observe and stall scripts, which write nothing once it is
+not the current one (fencing). Processes announce themselves in `jb:processes` (a sorted set
+by last heartbeat, in Redis's clock): with N alive and S leases wanted, a process holds at most
+ceil(S/N) and sheds what it holds beyond that, so a newcomer gets its share and a dead
+process's leases are taken over when they expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from bridge.keys import PROCESSES, lease_key, store_key
+from bridge.redisclient import TRANSIENT
+from bridge.store import Fenced
+from bridge.tasks import Loop, describe
+
+log = structlog.get_logger(__name__)
+
+MARGIN = 0.02  # seconds after an expiry before looking again (Redis's clock vs ours)
+MIN_TICK = 0.05  # seconds: never look again sooner than this
+RETRY_TICK = 1.0  # seconds before a failed round is tried again (at most ttl/6)
+
+ACQUIRE = """
+local lease_key = KEYS[1]
+local meta_key = KEYS[2]
+local owner = ARGV[1]
+local ttl_ms = ARGV[2]
+local counter = ARGV[3]             -- meta field counting the acquisitions of this lease
+if redis.call('EXISTS', lease_key) == 1 then
+  return false
+end
+local value = redis.call('HINCRBY', meta_key, counter, 1) .. ' ' .. owner
+redis.call('SET', lease_key, value, 'PX', ttl_ms)
+return value
+"""
+
+RENEW = """
+local lease_key = KEYS[1]
+local value = ARGV[1]
+local ttl_ms = ARGV[2]
+if redis.call('GET', lease_key) ~= value then
+  return 0
+end
+return redis.call('PEXPIRE', lease_key, ttl_ms)
+"""
+
+RELEASE = """
+local lease_key = KEYS[1]
+local value = ARGV[1]
+if redis.call('GET', lease_key) ~= value then
+  return 0
+end
+return redis.call('DEL', lease_key)
+"""
+
+# Returns Redis's time (ms) and every live process with its last heartbeat (ms).
+HEARTBEAT = """
+local processes = KEYS[1]
+local me = ARGV[1]
+local ttl_ms = tonumber(ARGV[2])
+local leaving = ARGV[3] == '1'
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+if leaving then
+  redis.call('ZREM', processes, me)
+else
+  redis.call('ZADD', processes, now, me)
+end
+redis.call('ZREMRANGEBYSCORE', processes, '-inf', now - ttl_ms)
+redis.call('PEXPIRE', processes, ttl_ms * 2)
+return {now, redis.call('ZRANGE', processes, 0, -1, 'WITHSCORES')}
+"""
+
+
+class LeasedPoller(Protocol):
+    """What the leases need of a poller (bridge.poller.Poller)."""
+
+    store: Any  # its .name
+    source: str
+    fence: str  # the lease value its writes are made under
+
+    def run(self, stop: asyncio.Event) -> Awaitable[None]: ...
+
+
+@dataclass(eq=False)
+class Lease:
+    """One (store, source) this process wants to poll, and its lease while it holds it."""
+
+    store: str
+    source: str
+    value: str | None = None  # "<token> <process id>" while held
+    acquired: asyncio.Event = field(default_factory=asyncio.Event)  # set while held
+    ending: asyncio.Event = field(default_factory=asyncio.Event)  # stop after this cycle
+    lost: asyncio.Event = field(default_factory=asyncio.Event)  # stop now: it may be another's
+    busy: bool = False  # its poller has not yet finished with the last holding
+    watchdog: asyncio.TimerHandle | None = None
+
+    @property
+    def key(self) -> str:
+        return lease_key(self.store, self.source)
+
+    @property
+    def held(self) -> bool:
+        return self.value is not None
+
+
+def holder(value: str | None) -> tuple[int, str] | None:
+    """(token, process id) of a lease's value."""
+    if not value:
+        return None
+    token, _, owner = value.partition(" ")
+    return int(token), owner
+
+
+class Leases:
+    """This process's share of the poll leases: takes, renews, sheds and releases them.
+
+    `run` is the loop that does it; `polling(poller)` is the loop of one poller, which polls
+    while its lease is held here and waits otherwise.
+    """
+
+    def __init__(self, redis: Any, owner: str, ttl: float) -> None:
+        self.redis = redis
+        self.owner = owner
+        self.ttl = ttl
+        self.leases: dict[str, Lease] = {}  # by key
+        self.processes: dict[str, int] = {}  # live processes -> last heartbeat (Redis ms)
+        self._wake = asyncio.Event()
+        self._acquire = redis.register_script(ACQUIRE)
+        self._renew = redis.register_script(RENEW)
+        self._release = redis.register_script(RELEASE)
+        self._heartbeat = redis.register_script(HEARTBEAT)
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.ttl * 1000)
+
+    def held(self) -> list[Lease]:
+        return [lease for lease in self.leases.values() if lease.held]
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Every ttl/3, or sooner when a lease this process wants may be free: one round."""
+        try:
+            while not stop.is_set():
+                try:
+                    delay = await self.round()
+                except TRANSIENT as exc:
+                    delay = min(RETRY_TICK, self.ttl / 6)
+                    log.warning("lease_round_failed", error=describe(exc))
+                self._wake.clear()
+                await _first_of(stop, self._wake, at_most=delay)
+        finally:
+            for lease in self.held():
+                lease.ending.set()
+            await self._leave()
+
+    async def round(self) -> float:
+        """Heartbeat, renew what is held, then take or shed leases; seconds to the next round."""
+        now_ms, processes = await self._beat()
+        await self._renew_held()
+        holders = await self._holders()
+        cap = -(-len(self.leases) // max(1, len(processes)))  # ceil(S / N)
+        keeping = [lease for lease in self.held() if not lease.ending.is_set()]
+        if len(keeping) > cap:
+            for lease in sorted(keeping, key=self._rank)[: len(keeping) - cap]:
+                log.info("lease_shed", store=lease.store, source=lease.source, share=cap)
+                lease.ending.set()
+        elif len(keeping) < cap:
+            await self._take(holders, cap - len(keeping))
+        wanting = sum(not lease.ending.is_set() for lease in self.held()) < cap
+        return self._next_round(now_ms, holders if wanting else {})
+
+    def _next_round(self, now_ms: int, others: dict[str, tuple[str | None, int]]) -> float:
+        """ttl/3, or just after a process's heartbeat or a wanted lease expires if sooner."""
+        delay = self.ttl / 3
+        for process, seen_ms in self.processes.items():
+            if process != self.owner:
+                delay = min(delay, (seen_ms + self._ttl_ms - now_ms) / 1000)
+        for value, pttl_ms in others.values():
+            found = holder(value)
+            if found is not None and found[1] != self.owner and pttl_ms > 0:
+                delay = min(delay, pttl_ms / 1000)
+        return max(MIN_TICK, delay + MARGIN)
+
+    def _rank(self, lease: Lease) -> int:
+        """This process's preference for a lease (rendezvous hashing): stable, and different
+        in each process, so that processes reach for different leases first."""
+        return zlib.crc32(f"{self.owner} {lease.key}".encode())
+
+    # -- Redis ---------------------------------------------------------------------------
+
+    async def _beat(self, leaving: bool = False) -> tuple[int, dict[str, int]]:
+        now_ms, flat = await self._heartbeat(
+            keys=[PROCESSES], args=[self.owner, self._ttl_ms, "1" if leaving else "0"]
+        )
+        self.processes = {flat[i]: int(float(flat[i + 1])) for i in range(0, len(flat), 2)}
+        return int(now_ms), self.processes
+
+    async def _leave(self) -> None:
+        try:
+            await self._beat(leaving=True)
+        except TRANSIENT as exc:  # it drops out of the set within a ttl anyway
+            log.warning("lease_leave_failed", error=describe(exc))
+
+    async def _holders(self) -> dict[str, tuple[str | None, int]]:
+        """Each wanted lease's value (None: free) and milliseconds left (PTTL)."""
+        keys = list(self.leases)
+        if not keys:
+            return {}
+        # Not transactional: the keys live in many slots (a cluster splits it per node).
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+                pipe.pttl(key)
+            replies = await pipe.execute()
+        return {key: (replies[2 * i], int(replies[2 * i + 1])) for i, key in enumerate(keys)}
+
+    async def _renew_held(self) -> None:
+        for lease in self.held():
+            value = lease.value
+            sent = asyncio.get_running_loop().time()
+            renewed = await self._renew(keys=[lease.key], args=[value, self._ttl_ms])
+            if lease.value != value:  # lost meanwhile (watchdog, fenced write)
+                continue
+            if renewed:
+                self._watch(lease, sent)
+            else:
+                self._lose(lease, "taken over or expired")
+
+    async def _take(self, holders: dict[str, tuple[str | None, int]], wanted: int) -> None:
+        free = [
+            lease
+            for lease in self.leases.values()
+            if not lease.held and not lease.busy and holders.get(lease.key, (None, 0))[0] is None
+        ]
+        for lease in sorted(free, key=self._rank, reverse=True):
+            if wanted <= 0:
+                return
+            sent = asyncio.get_running_loop().time()
+            value = await self._acquire(
+                keys=[lease.key, store_key(lease.store, "meta")],
+                args=[self.owner, self._ttl_ms, f"lease_token:{lease.source}"],
+            )
+            if value and lease.key in self.leases:
+                self._hold(lease, value, sent)
+                wanted -= 1
+
+    async def _give_back(self, lease: Lease) -> None:
+        """Release a lease whose poller has stopped (compare-and-delete)."""
+        value = lease.value
+        if value is None:
+            return
+        self._drop(lease)
+        try:
+            await self._release(keys=[lease.key], args=[value])
+        except TRANSIENT as exc:  # it expires within a ttl anyway
+            log.warning("lease_release_failed", store=lease.store, error=describe(exc))
+            return
+        log.info("lease_released", store=lease.store, source=lease.source, holder=value)
+
+    # -- holding -------------------------------------------------------------------------
+
+    def _hold(self, lease: Lease, value: str, sent: float) -> None:
+        lease.value = value
+        lease.busy = True
+        lease.ending = asyncio.Event()
+        lease.lost = asyncio.Event()
+        lease.acquired.set()
+        self._watch(lease, sent)
+        log.info("lease_acquired", store=lease.store, source=lease.source, holder=value)
+
+    def _watch(self, lease: Lease, sent: float) -> None:
+        """Stop polling before the lease could expire in Redis: a renewal sent at `sent`
+        keeps it until sent + ttl at the earliest; without another, stop ttl/6 before."""
+        if lease.watchdog is not None:
+            lease.watchdog.cancel()
+        value = lease.value
+        lease.watchdog = asyncio.get_running_loop().call_at(
+            sent + self.ttl * 5 / 6, self._expire, lease, value
+        )
+
+    def _expire(self, lease: Lease, value: str | None) -> None:
+        if lease.value == value:
+            self._lose(lease, "not renewed in time")
+
+    def _lose(self, lease: Lease, reason: str) -> None:
+        if lease.value is None:
+            return
+        log.warning(
+            "lease_lost", store=lease.store, source=lease.source, holder=lease.value, reason=reason
+        )
+        self._drop(lease)
+        lease.lost.set()
+        self._wake.set()  # look again now: it may be free to take back
+
+    def _drop(self, lease: Lease) -> None:
+        lease.value = None
+        lease.acquired.clear()
+        if lease.watchdog is not None:
+            lease.watchdog.cancel()
+            lease.watchdog = None
+
+    # -- one poller ----------------------------------------------------------------------
+
+    def polling(self, poller: LeasedPoller) -> Loop:
+        """The loop of one poller: polls while this process holds its lease, else waits."""
+
+        async def loop(stop: asyncio.Event) -> None:
+            store, source = poller.store.name, poller.source
+            lease = self.leases.setdefault(lease_key(store, source), Lease(store, source))
+            self._wake.set()  # a lease wanted: count it now
+            try:
+                while not stop.is_set():
+                    await _first_of(stop, lease.acquired)
+                    if lease.held and not stop.is_set():
+                        await self._poll(lease, poller, stop)
+            finally:
+                self.leases.pop(lease.key, None)
+                await self._give_back(lease)
+                lease.busy = False
+
+        return loop
+
+    async def _poll(self, lease: Lease, poller: LeasedPoller, stop: asyncio.Event) -> None:
+        """Run the poller until its lease ends: after its cycle when shed or stopping, at once
+        when lost (another process may be polling already)."""
+        poller.fence = lease.value or ""
+        polling = asyncio.ensure_future(poller.run(lease.ending))
+        try:
+            await _first_of(stop, lease.lost, task=polling)
+            if stop.is_set():
+                lease.ending.set()
+                await _first_of(lease.lost, task=polling)
+            if not polling.done():
+                polling.cancel()
+            await asyncio.wait([polling])
+            if not polling.cancelled() and isinstance(polling.exception(), Fenced):
+                self._lose(lease, "a write was fenced off: another process holds it")
+            elif not polling.cancelled() and polling.exception() is not None:
+                raise polling.exception()  # type: ignore[misc]
+        finally:
+            if not polling.done():
+                polling.cancel()
+            poller.fence = ""
+        await self._give_back(lease)
+        lease.busy = False
+
+
+async def _first_of(
+    *events: asyncio.Event,
+    task: asyncio.Future[Any] | None = None,
+    at_most: float | None = None,
+) -> None:
+    """Wait until one of `events` is set, `task` is done, or `at_most` seconds pass."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(
+            [*waits, *([task] if task else [])],
+            timeout=at_most,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        for wait in waits:
+            wait.cancel()
