@@ -123,6 +123,23 @@ def holder(value: str | None) -> tuple[int, str] | None:
     return int(token), owner
 
 
+async def lease_status(redis: Any, store: str, source: str) -> dict[str, Any] | None:
+    """Who polls a store's source now (any process can ask): holder, token, seconds left."""
+    key = lease_key(store, source)
+    async with redis.pipeline(transaction=False) as pipe:
+        value, pttl_ms = await pipe.get(key).pttl(key).execute()
+    found = holder(value)
+    if found is None:
+        return None
+    return {"holder": found[1], "token": found[0], "expires_in": max(0, pttl_ms) / 1000}
+
+
+async def live_processes(redis: Any) -> dict[str, float]:
+    """Every process that announced itself within its lease ttl -> epoch seconds it last did."""
+    members = await redis.zrange(PROCESSES, 0, -1, withscores=True)
+    return {process: score / 1000 for process, score in members}
+
+
 class Leases:
     """This process's share of the poll leases: takes, renews, sheds and releases them.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -17,6 +17,7 @@ from bridge.config import BridgeConfig, SubscriptionBase
 from bridge.deliveries import Deliveries
 from bridge.dispatcher import GROUP
 from bridge.jobs import format_epoch
+from bridge.leases import lease_status, live_processes
 from bridge.store import Store
 
 # Times of a subscription's status, in seconds since the epoch.
@@ -34,6 +35,7 @@ class StoreStatus:
 class StatusView:
     stores: list[StoreStatus]
     subscriptions: list[tuple[SubscriptionBase, dict[str, Any]]]  # with Deliveries.status
+    processes: dict[str, float] = field(default_factory=dict)  # live_processes
 
     def to_json(
         self,
@@ -42,6 +44,10 @@ class StatusView:
     ) -> dict[str, Any]:
         """The API's /status, with this process's own facts of each poller and `counters`."""
         return {
+            "processes": [
+                {"id": process, "last_heartbeat_at": format_epoch(seen)}
+                for process, seen in self.processes.items()
+            ],
             "pollers": [
                 {
                     "store": store.name,
@@ -69,14 +75,16 @@ class StatusView:
 
     def lines(self) -> list[str]:
         """`jobs-bridge status`: each store's sources and outbox, then each subscription."""
-        lines = []
+        lines = [f"processes: {', '.join(self.processes) or 'none running'}"] if self.stores else []
         for store in self.stores:
             for source, found in store.sources.items():
                 baseline = "done" if found["baseline_done"] else "NOT DONE"
+                lease = found["lease"]
                 lines.append(
                     f"{store.name}/{source:<4} baseline: {baseline}"
                     f"  last poll: {when(found['last_poll_at'])}  open jobs: {found['open_jobs']}"
                     f"  known jobs: {found['known_jobs']}"
+                    f"  polled by: {lease['holder'] if lease else 'nobody'}"
                 )
             lines.append(
                 f"{store.name} outbox: {store.outbox['length']} event(s) kept, "
@@ -109,11 +117,14 @@ async def read_status(
     found = []
     for store_config in config.stores if stores else ():
         store = Store(redis, store_config.name)
-        sources = {s: await store.source_status(s) for s in store_config.sources}
+        sources = {
+            s: {**await store.source_status(s), "lease": await lease_status(redis, store.name, s)}
+            for s in store_config.sources
+        }
         found.append(StoreStatus(store.name, sources, await store.outbox_status(GROUP)))
     deliveries = Deliveries(redis)
     subscriptions = [(sub, await deliveries.status(sub.name)) for sub in config.subscriptions]
-    return StatusView(found, subscriptions)
+    return StatusView(found, subscriptions, await live_processes(redis) if stores else {})
 
 
 def when(epoch: float | None) -> str:

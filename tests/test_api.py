@@ -82,6 +82,10 @@ async def test_api_reports_what_an_on_call_engineer_needs(aiohttp_server, redis_
             [poller] = status["pollers"]
             assert poller["store"] == "api-store" and poller["baseline_done"]
             assert poller["open_jobs"] == 1 and poller["last_poll_at"]
+            # Which process polls it, under which lease: this one, the first to take it.
+            assert poller["lease"]["holder"] == bridge.process_id
+            assert poller["lease"]["token"] == 1 and 0 < poller["lease"]["expires_in"] <= 15
+            assert [p["id"] for p in status["processes"]] == [bridge.process_id]
             subs = {s["name"]: s for s in status["subscriptions"]}
             assert subs["good"]["counters"]["delivered"] == 1
             assert subs["broken"]["dead_letters"] == 1
