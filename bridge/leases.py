@@ -258,22 +258,34 @@ class Leases:
                 self._lose(lease, "taken over or expired")
 
     async def _take(self, holders: dict[str, tuple[str | None, int]], wanted: int) -> None:
-        free = [
-            lease
-            for lease in self.leases.values()
-            if not lease.held and not lease.busy and holders.get(lease.key, (None, 0))[0] is None
-        ]
-        for lease in sorted(free, key=self._rank, reverse=True):
+        """Take up to `wanted` leases that are free, or still this process's in Redis though
+        it let them go here (its renewals failed while Redis was failing over, say)."""
+        takeable = []
+        for lease in self.leases.values():
+            value = holders.get(lease.key, (None, 0))[0]
+            found = holder(value)
+            if not lease.held and not lease.busy and (found is None or found[1] == self.owner):
+                takeable.append((lease, value))
+        for lease, value in sorted(takeable, key=lambda pair: self._rank(pair[0]), reverse=True):
             if wanted <= 0:
                 return
             sent = asyncio.get_running_loop().time()
-            value = await self._acquire(
-                keys=[lease.key, store_key(lease.store, "meta")],
-                args=[self.owner, self._ttl_ms, f"lease_token:{lease.source}"],
-            )
-            if value and lease.key in self.leases:
-                self._hold(lease, value, sent)
+            taken = await self._claim(lease, value)
+            if taken and lease.key in self.leases:
+                self._hold(lease, taken, sent)
                 wanted -= 1
+
+    async def _claim(self, lease: Lease, ours: str | None) -> str | None:
+        """The lease's value if taken: a free one gets a new token; one still ours in Redis
+        goes on with its token (the poller that last held it here has ended)."""
+        if ours is not None:
+            renewed = await self._renew(keys=[lease.key], args=[ours, self._ttl_ms])
+            return ours if renewed else None
+        taken: str | None = await self._acquire(
+            keys=[lease.key, store_key(lease.store, "meta")],
+            args=[self.owner, self._ttl_ms, f"lease_token:{lease.source}"],
+        )
+        return taken
 
     async def _give_back(self, lease: Lease) -> None:
         """Release a lease whose poller has stopped (compare-and-delete)."""

@@ -64,9 +64,10 @@ class LocalCluster:
         process.wait(10)
 
     def master_of(self, key: str) -> int:
-        """The port of the master that holds `key`'s slot now."""
-        slot = int(_cli(self.ports[0], "cluster", "keyslot", key))
-        for line in _cli(self.ports[0], "cluster", "nodes").splitlines():
+        """The port of the master that holds `key`'s slot now (asked of a running node)."""
+        asked = min(self.processes)
+        slot = int(_cli(asked, "cluster", "keyslot", key))
+        for line in _cli(asked, "cluster", "nodes").splitlines():
             parts = line.split()
             if "master" not in parts[2] or "fail" in parts[2]:
                 continue
