@@ -137,8 +137,11 @@ class Poller:
         return delay
 
     def next_interval(self, report: CycleReport) -> float:
-        """Fast while jobs are open or something changed recently, slow when all is quiet."""
-        if report.changes:
+        """Fast while jobs are open or something changed recently, slow when all is quiet.
+
+        A baseline's records are history, not activity.
+        """
+        if report.changes and report.kind != "baseline":
             self.last_change = time.monotonic()
         recently = time.monotonic() - self.last_change < self.settings.idle_poll_interval * 2
         busy = recently or report.open_jobs > 0
