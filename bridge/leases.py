@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 MARGIN = 0.02  # seconds after an expiry before looking again (Redis's clock vs ours)
 MIN_TICK = 0.05  # seconds: never look again sooner than this
 RETRY_TICK = 1.0  # seconds before a failed round is tried again (at most ttl/6)
+CONCURRENCY = 16  # lease scripts in flight at once
 
 ACQUIRE = """
 local lease_key = KEYS[1]
@@ -196,7 +197,9 @@ class Leases:
                 log.info("lease_shed", store=lease.store, source=lease.source, share=cap)
                 lease.ending.set()
         elif len(keeping) < cap:
-            await self._take(holders, cap - len(keeping))
+            missed = await self._take(holders, cap - len(keeping))
+            if missed:  # another process was quicker to some: try others at once
+                return MIN_TICK
         wanting = sum(not lease.ending.is_set() for lease in self.held()) < cap
         return self._next_round(now_ms, holders if wanting else {})
 
@@ -246,34 +249,45 @@ class Leases:
         return {key: (replies[2 * i], int(replies[2 * i + 1])) for i, key in enumerate(keys)}
 
     async def _renew_held(self) -> None:
-        for lease in self.held():
+        async def renew(lease: Lease) -> None:
             value = lease.value
             sent = asyncio.get_running_loop().time()
             renewed = await self._renew(keys=[lease.key], args=[value, self._ttl_ms])
             if lease.value != value:  # lost meanwhile (watchdog, fenced write)
-                continue
+                return
             if renewed:
                 self._watch(lease, sent)
             else:
                 self._lose(lease, "taken over or expired")
 
-    async def _take(self, holders: dict[str, tuple[str | None, int]], wanted: int) -> None:
+        await _each(self.held(), renew)
+
+    async def _take(self, holders: dict[str, tuple[str | None, int]], wanted: int) -> int:
         """Take up to `wanted` leases that are free, or still this process's in Redis though
-        it let them go here (its renewals failed while Redis was failing over, say)."""
+        it let them go here (its renewals failed while Redis was failing over, say). Returns
+        how many it tried to take and found taken."""
         takeable = []
         for lease in self.leases.values():
             value = holders.get(lease.key, (None, 0))[0]
             found = holder(value)
             if not lease.held and not lease.busy and (found is None or found[1] == self.owner):
                 takeable.append((lease, value))
-        for lease, value in sorted(takeable, key=lambda pair: self._rank(pair[0]), reverse=True):
-            if wanted <= 0:
-                return
+        takeable.sort(key=lambda pair: self._rank(pair[0]), reverse=True)
+
+        missed = 0
+
+        async def take(pair: tuple[Lease, str | None]) -> None:
+            nonlocal missed
+            lease, value = pair
             sent = asyncio.get_running_loop().time()
             taken = await self._claim(lease, value)
-            if taken and lease.key in self.leases:
+            if not taken:
+                missed += 1
+            elif lease.key in self.leases:
                 self._hold(lease, taken, sent)
-                wanted -= 1
+
+        await _each(takeable[:wanted], take)
+        return missed
 
     async def _claim(self, lease: Lease, ours: str | None) -> str | None:
         """The lease's value if taken: a free one gets a new token; one still ours in Redis
@@ -386,6 +400,20 @@ class Leases:
             poller.fence = ""
         await self._give_back(lease)
         lease.busy = False
+
+
+async def _each(items: list[Any], action: Callable[[Any], Awaitable[None]]) -> None:
+    """`action` on every item, CONCURRENCY at a time: a round trip each, overlapped (scripts
+    cannot be pipelined on a cluster). The first error is raised once all have ended."""
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(item: Any) -> None:
+        async with limit:
+            await action(item)
+
+    errors = [e for e in await asyncio.gather(*map(one, items), return_exceptions=True) if e]
+    if errors:
+        raise errors[0]
 
 
 async def _first_of(
