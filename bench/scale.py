@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from bridge import logs
-from bridge.leases import holder
+from bridge.leasestore import holder
 from bridge.simulator import Simulator, make_app
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -318,6 +319,13 @@ async def run_replicas(
             report(replicas, kind, found)
         async with http.post(f"{control}/traffic", json={"rate": 0}):
             pass
+        lost = Counter()
+        for index in range(replicas):
+            for line in (directory / f"r{index}.log").read_text().splitlines():
+                if '"lease_lost"' in line:
+                    lost[json.loads(line).get("reason", "?")] += 1
+        if lost:
+            print(f"    leases lost: {dict(lost)}")
         return results
     finally:
         for process in processes:
@@ -338,7 +346,7 @@ async def bench(args: argparse.Namespace) -> None:
     receiver = Receiver()
     await receiver.start(base_port - 2)
     with tempfile.TemporaryDirectory(prefix="jb-scale-") as name:
-        directory = Path(name)
+        directory = Path(args.logs or name)
         config = directory / "bridge.json"
         config.write_text(config_text(args.stores, base_port, receiver.url))
         sims = await start_process(
@@ -376,6 +384,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stores", type=int, default=200)
+    parser.add_argument("--logs", default=None, help="keep the processes' logs in this folder")
     parser.add_argument("--rate", type=float, default=0.05, help="new jobs/s per store, busy")
     parser.add_argument("--window", type=float, default=20.0, help="seconds measured when busy")
     parser.add_argument(
@@ -388,7 +397,10 @@ def main() -> None:
                         default=[1, 3], help="e.g. 1,3")  # fmt: skip
     # Below the ephemeral range (32768+), where outgoing connections would take ports at random.
     parser.add_argument("--base-port", type=int, default=26001)
-    asyncio.run(bench(parser.parse_args()))
+    args = parser.parse_args()
+    if args.logs:
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
+    asyncio.run(bench(args))
 
 
 if __name__ == "__main__":

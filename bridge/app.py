@@ -126,6 +126,7 @@ class Bridge:
             # safe: each observation is one atomic Lua script.
             stop.set()  # a task that swallowed its cancellation still ends at its next check
             await self.supervisor.finish(grace=SHUTDOWN_GRACE if stopped else 0)
+            await self.leases.close()
             for client in self.clients.values():
                 await client.close()
             log.info("bridge_stopped")

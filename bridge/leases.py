@@ -1,26 +1,25 @@
 """Poll leases: each (store, source) is polled by one process at a time, shared out fairly.
 
-A lease is a key in its store's slot, `jb:{<store>}:lease:<source>` = "<token> <process id>",
-taken with SET NX PX, renewed every ttl/3 by compare-and-renew and released on a clean stop by
-compare-and-delete. The token counts acquisitions (meta field `lease_token:<source>`); the
-poller hands the whole value to the observe and stall scripts, which write nothing once it is
-not the current one (fencing). Processes announce themselves in `jb:processes` (a sorted set
-by last heartbeat, in Redis's clock): with N alive and S leases wanted, a process holds at most
-ceil(S/N) and sheds what it holds beyond that, so a newcomer gets its share and a dead
-process's leases are taken over when they expire.
+A lease (bridge.leasestore) is taken with SET NX PX, renewed every ttl/3 by compare-and-renew
+and released on a clean stop by compare-and-delete; its value carries a token counting its
+acquisitions. The poller hands the value to the observe and stall scripts, which write nothing
+once it is not the current one (fencing). With N processes alive (their heartbeats) and S
+leases wanted, a process holds at most ceil(S/N) and sheds what it holds beyond that, so a
+newcomer gets its share and a dead process's leases are taken over when they expire.
 """
 
 from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 
-from bridge.keys import PROCESSES, lease_key, store_key
+from bridge.keys import lease_key
+from bridge.leasestore import LeaseStore, Pair, holder
 from bridge.redisclient import TRANSIENT
 from bridge.store import Fenced
 from bridge.tasks import Loop, describe
@@ -30,58 +29,6 @@ log = structlog.get_logger(__name__)
 MARGIN = 0.02  # seconds after an expiry before looking again (Redis's clock vs ours)
 MIN_TICK = 0.05  # seconds: never look again sooner than this
 RETRY_TICK = 1.0  # seconds before a failed round is tried again (at most ttl/6)
-CONCURRENCY = 16  # lease scripts in flight at once
-
-ACQUIRE = """
-local lease_key = KEYS[1]
-local meta_key = KEYS[2]
-local owner = ARGV[1]
-local ttl_ms = ARGV[2]
-local counter = ARGV[3]             -- meta field counting the acquisitions of this lease
-if redis.call('EXISTS', lease_key) == 1 then
-  return false
-end
-local value = redis.call('HINCRBY', meta_key, counter, 1) .. ' ' .. owner
-redis.call('SET', lease_key, value, 'PX', ttl_ms)
-return value
-"""
-
-RENEW = """
-local lease_key = KEYS[1]
-local value = ARGV[1]
-local ttl_ms = ARGV[2]
-if redis.call('GET', lease_key) ~= value then
-  return 0
-end
-return redis.call('PEXPIRE', lease_key, ttl_ms)
-"""
-
-RELEASE = """
-local lease_key = KEYS[1]
-local value = ARGV[1]
-if redis.call('GET', lease_key) ~= value then
-  return 0
-end
-return redis.call('DEL', lease_key)
-"""
-
-# Returns Redis's time (ms) and every live process with its last heartbeat (ms).
-HEARTBEAT = """
-local processes = KEYS[1]
-local me = ARGV[1]
-local ttl_ms = tonumber(ARGV[2])
-local leaving = ARGV[3] == '1'
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-if leaving then
-  redis.call('ZREM', processes, me)
-else
-  redis.call('ZADD', processes, now, me)
-end
-redis.call('ZREMRANGEBYSCORE', processes, '-inf', now - ttl_ms)
-redis.call('PEXPIRE', processes, ttl_ms * 2)
-return {now, redis.call('ZRANGE', processes, 0, -1, 'WITHSCORES')}
-"""
 
 
 class LeasedPoller(Protocol):
@@ -112,33 +59,12 @@ class Lease:
         return lease_key(self.store, self.source)
 
     @property
+    def pair(self) -> Pair:
+        return self.store, self.source
+
+    @property
     def held(self) -> bool:
         return self.value is not None
-
-
-def holder(value: str | None) -> tuple[int, str] | None:
-    """(token, process id) of a lease's value."""
-    if not value:
-        return None
-    token, _, owner = value.partition(" ")
-    return int(token), owner
-
-
-async def lease_status(redis: Any, store: str, source: str) -> dict[str, Any] | None:
-    """Who polls a store's source now (any process can ask): holder, token, seconds left."""
-    key = lease_key(store, source)
-    async with redis.pipeline(transaction=False) as pipe:
-        value, pttl_ms = await pipe.get(key).pttl(key).execute()
-    found = holder(value)
-    if found is None:
-        return None
-    return {"holder": found[1], "token": found[0], "expires_in": max(0, pttl_ms) / 1000}
-
-
-async def live_processes(redis: Any) -> dict[str, float]:
-    """Every process that announced itself within its lease ttl -> epoch seconds it last did."""
-    members = await redis.zrange(PROCESSES, 0, -1, withscores=True)
-    return {process: score / 1000 for process, score in members}
 
 
 class Leases:
@@ -149,20 +75,19 @@ class Leases:
     """
 
     def __init__(self, redis: Any, owner: str, ttl: float) -> None:
-        self.redis = redis
+        self.store = LeaseStore(redis, owner, ttl)
         self.owner = owner
         self.ttl = ttl
         self.leases: dict[str, Lease] = {}  # by key
         self.processes: dict[str, int] = {}  # live processes -> last heartbeat (Redis ms)
         self._wake = asyncio.Event()
-        self._acquire = redis.register_script(ACQUIRE)
-        self._renew = redis.register_script(RENEW)
-        self._release = redis.register_script(RELEASE)
-        self._heartbeat = redis.register_script(HEARTBEAT)
 
     @property
     def _ttl_ms(self) -> int:
         return int(self.ttl * 1000)
+
+    async def close(self) -> None:
+        await self.store.close()
 
     def held(self) -> list[Lease]:
         return [lease for lease in self.leases.values() if lease.held]
@@ -187,10 +112,12 @@ class Leases:
 
     async def round(self) -> float:
         """Heartbeat, renew what is held, then take or shed leases; seconds to the next round."""
-        now_ms, processes = await self._beat()
+        now_ms, self.processes = await self.store.beat()
         await self._renew_held()
-        holders = await self._holders()
-        cap = -(-len(self.leases) // max(1, len(processes)))  # ceil(S / N)
+        leases = list(self.leases.values())
+        values = await self.store.holders([lease.pair for lease in leases])
+        holders = {lease.key: found for lease, found in zip(leases, values, strict=True)}
+        cap = -(-len(self.leases) // max(1, len(self.processes)))  # ceil(S / N)
         keeping = [lease for lease in self.held() if not lease.ending.is_set()]
         if len(keeping) > cap:
             for lease in sorted(keeping, key=self._rank)[: len(keeping) - cap]:
@@ -222,50 +149,29 @@ class Leases:
 
     # -- Redis ---------------------------------------------------------------------------
 
-    async def _beat(self, leaving: bool = False) -> tuple[int, dict[str, int]]:
-        now_ms, flat = await self._heartbeat(
-            keys=[PROCESSES], args=[self.owner, self._ttl_ms, "1" if leaving else "0"]
-        )
-        self.processes = {flat[i]: int(float(flat[i + 1])) for i in range(0, len(flat), 2)}
-        return int(now_ms), self.processes
-
     async def _leave(self) -> None:
         try:
-            await self._beat(leaving=True)
+            await self.store.beat(leaving=True)
         except TRANSIENT as exc:  # it drops out of the set within a ttl anyway
             log.warning("lease_leave_failed", error=describe(exc))
 
-    async def _holders(self) -> dict[str, tuple[str | None, int]]:
-        """Each wanted lease's value (None: free) and milliseconds left (PTTL)."""
-        keys = list(self.leases)
-        if not keys:
-            return {}
-        # Not transactional: the keys live in many slots (a cluster splits it per node).
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.get(key)
-                pipe.pttl(key)
-            replies = await pipe.execute()
-        return {key: (replies[2 * i], int(replies[2 * i + 1])) for i, key in enumerate(keys)}
-
     async def _renew_held(self) -> None:
-        async def renew(lease: Lease) -> None:
-            value = lease.value
-            sent = asyncio.get_running_loop().time()
-            renewed = await self._renew(keys=[lease.key], args=[value, self._ttl_ms])
-            if lease.value != value:  # lost meanwhile (watchdog, fenced write)
-                return
-            if renewed:
+        held = [(lease, lease.value or "") for lease in self.held()]
+        sent = asyncio.get_running_loop().time()
+        results = await self.store.renew([(lease.pair, value) for lease, value in held])
+        for (lease, value), result in zip(held, results, strict=True):
+            if isinstance(result, BaseException) or lease.value != value:
+                continue  # an error (raised below), or lost meanwhile (watchdog, fenced write)
+            if result:
                 self._watch(lease, sent)
             else:
                 self._lose(lease, "taken over or expired")
-
-        await _each(self.held(), renew)
+        _raise_first(results)
 
     async def _take(self, holders: dict[str, tuple[str | None, int]], wanted: int) -> int:
         """Take up to `wanted` leases that are free, or still this process's in Redis though
         it let them go here (its renewals failed while Redis was failing over, say). Returns
-        how many it tried to take and found taken."""
+        how many it reached for and found taken by another."""
         takeable = []
         for lease in self.leases.values():
             value = holders.get(lease.key, (None, 0))[0]
@@ -273,33 +179,24 @@ class Leases:
             if not lease.held and not lease.busy and (found is None or found[1] == self.owner):
                 takeable.append((lease, value))
         takeable.sort(key=lambda pair: self._rank(pair[0]), reverse=True)
-
+        ours = [(lease, value) for lease, value in takeable[:wanted] if value is not None]
+        free = [lease for lease, value in takeable[:wanted] if value is None]
+        sent = asyncio.get_running_loop().time()
+        # One still ours goes on with its token (the poller that last held it has ended).
+        renewed = await self.store.renew([(lease.pair, value) for lease, value in ours])
+        acquired = await self.store.acquire([lease.pair for lease in free])
+        results: list[Any] = [
+            value if done == 1 else done for (_, value), done in zip(ours, renewed, strict=True)
+        ]
+        results += acquired
         missed = 0
-
-        async def take(pair: tuple[Lease, str | None]) -> None:
-            nonlocal missed
-            lease, value = pair
-            sent = asyncio.get_running_loop().time()
-            taken = await self._claim(lease, value)
-            if not taken:
+        for lease, result in zip([lease for lease, _ in ours] + free, results, strict=True):
+            if isinstance(result, str) and lease.key in self.leases:
+                self._hold(lease, result, sent)
+            elif not isinstance(result, BaseException):
                 missed += 1
-            elif lease.key in self.leases:
-                self._hold(lease, taken, sent)
-
-        await _each(takeable[:wanted], take)
+        _raise_first(results)
         return missed
-
-    async def _claim(self, lease: Lease, ours: str | None) -> str | None:
-        """The lease's value if taken: a free one gets a new token; one still ours in Redis
-        goes on with its token (the poller that last held it here has ended)."""
-        if ours is not None:
-            renewed = await self._renew(keys=[lease.key], args=[ours, self._ttl_ms])
-            return ours if renewed else None
-        taken: str | None = await self._acquire(
-            keys=[lease.key, store_key(lease.store, "meta")],
-            args=[self.owner, self._ttl_ms, f"lease_token:{lease.source}"],
-        )
-        return taken
 
     async def _give_back(self, lease: Lease) -> None:
         """Release a lease whose poller has stopped (compare-and-delete)."""
@@ -308,7 +205,7 @@ class Leases:
             return
         self._drop(lease)
         try:
-            await self._release(keys=[lease.key], args=[value])
+            await self.store.release(lease.pair, value)
         except TRANSIENT as exc:  # it expires within a ttl anyway
             log.warning("lease_release_failed", store=lease.store, error=describe(exc))
             return
@@ -402,18 +299,11 @@ class Leases:
         lease.busy = False
 
 
-async def _each(items: list[Any], action: Callable[[Any], Awaitable[None]]) -> None:
-    """`action` on every item, CONCURRENCY at a time: a round trip each, overlapped (scripts
-    cannot be pipelined on a cluster). The first error is raised once all have ended."""
-    limit = asyncio.Semaphore(CONCURRENCY)
-
-    async def one(item: Any) -> None:
-        async with limit:
-            await action(item)
-
-    errors = [e for e in await asyncio.gather(*map(one, items), return_exceptions=True) if e]
-    if errors:
-        raise errors[0]
+def _raise_first(results: list[Any]) -> None:
+    """The first error among the results of many calls, once each result was looked at."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _first_of(

@@ -17,7 +17,7 @@ from bridge.config import BridgeConfig, SubscriptionBase
 from bridge.deliveries import Deliveries
 from bridge.dispatcher import GROUP
 from bridge.jobs import format_epoch
-from bridge.leases import lease_status, live_processes
+from bridge.leasestore import lease_status, live_processes
 from bridge.store import Store
 
 # Times of a subscription's status, in seconds since the epoch.

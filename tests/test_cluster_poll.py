@@ -40,6 +40,7 @@ async def polling(redis: Any, api_base: str, store: str) -> AsyncIterator[Store]
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        await leases.close()
         await client.close()
 
 

@@ -16,7 +16,8 @@ from structlog.testing import capture_logs
 from test_store import job
 
 from bridge.keys import lease_key
-from bridge.leases import Leases, holder
+from bridge.leases import Leases
+from bridge.leasestore import holder
 from bridge.store import Fenced, Observation, Store
 
 TTL = 3.0
@@ -60,6 +61,7 @@ class Process:
     async def finish(self) -> None:
         self.stop.set()
         await asyncio.wait_for(asyncio.gather(*self.tasks), 10)
+        await self.leases.close()
 
     async def crash(self) -> None:
         """Stops as kill -9 would: nothing released, no goodbye."""
@@ -77,6 +79,7 @@ class Process:
             if lease.watchdog is not None:
                 lease.watchdog.cancel()
         self.stop.set()
+        await self.leases.close()
 
 
 def process(redis: Any, name: str, stores: list[str]) -> Process:

@@ -19,7 +19,7 @@ import pytest
 from helpers import config_text, eventually
 
 from bridge.keys import lease_key
-from bridge.leases import holder
+from bridge.leasestore import holder
 from bridge.simulator import Simulator, make_app
 
 LEASE_TTL = 3.0
