@@ -90,7 +90,12 @@ def format_timestamp(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is not UTC:  # parsed timestamps are UTC already: skip the conversion
         value = value.astimezone(UTC)
-    return value.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" -> "Z"
+    # isoformat(timespec="milliseconds") with a Z, in two thirds of its time (hot path).
+    v = value
+    ms = v.microsecond // 1000
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        v.year, v.month, v.day, v.hour, v.minute, v.second, ms,
+    )  # fmt: skip
 
 
 def format_epoch(seconds: float | None) -> str | None:
@@ -165,8 +170,10 @@ class Job:
 
 
 def _job_id(record: Any) -> str | None:
-    if isinstance(record, dict) and isinstance(record.get("id"), str) and record["id"]:
-        return record["id"]
+    # Printable: no control character (the store frames jobs with two of them, see OBSERVE).
+    job_id = record.get("id") if isinstance(record, dict) else None
+    if isinstance(job_id, str) and job_id and job_id.isprintable():
+        return job_id
     return None
 
 
