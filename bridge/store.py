@@ -484,8 +484,10 @@ class Store:
         length = await self.redis.xlen(self.events_key)
         try:
             groups = await self.redis.xinfo_groups(self.events_key)
-        except redis.exceptions.ResponseError:  # no stream yet
-            groups = []
+        except redis.exceptions.ResponseError as exc:
+            if "no such key" not in str(exc).lower():  # a cluster failing over, say
+                raise
+            groups = []  # no stream yet
         info = next((g for g in groups if g.get("name") == group), None)
         if info is None:
             return {"length": length, "pending": None, "lag": length}

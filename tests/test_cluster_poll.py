@@ -11,9 +11,13 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from cluster import LocalCluster
 from helpers import eventually
+from redis.asyncio.cluster import RedisCluster
 
+from bridge.app import connect_redis
+from bridge.config import ConfigError, parse_config
 from bridge.elasticpath import ElasticPathClient
 from bridge.leases import Leases
 from bridge.poller import Poller, PollSettings
@@ -106,6 +110,23 @@ async def test_a_poller_on_the_cluster_emits_what_it_emits_on_one_redis(
     # The failed job's event carries its errors on the cluster too.
     entries = await outbox(Store(redis_client, "same-events"))
     assert any("price amount" in e["extra"] for e in entries if e["status"] == "failed")
+
+
+def test_cluster_without_a_url_is_a_config_error() -> None:
+    store = "{name: s, api_base: 'http://127.0.0.1:1', client_id: i, client_secret: s}"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"redis: {{cluster: true}}\nstores: [{store}]", environ={})
+    assert caught.value.problems == [
+        "redis.cluster: needs redis.url (a node of the cluster): the embedded Redis is one server"
+    ]
+
+
+async def test_the_bridge_connects_to_a_cluster_through_one_node(redis_cluster: LocalCluster):
+    store = "{name: s, api_base: 'http://127.0.0.1:1', client_id: i, client_secret: s}"
+    text = f"redis: {{url: '{redis_cluster.url}', cluster: true}}\nstores: [{store}]"
+    async with connect_redis(parse_config(text, environ={})) as redis:
+        assert isinstance(redis, RedisCluster)
+        assert len(redis.get_primaries()) == 3  # found from the one node named
 
 
 def replicated(cluster: LocalCluster, master: int) -> None:

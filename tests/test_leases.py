@@ -15,6 +15,7 @@ from helpers import eventually
 from structlog.testing import capture_logs
 from test_store import job
 
+from bridge.config import ConfigError, parse_config
 from bridge.keys import lease_key
 from bridge.leases import Leases
 from bridge.leasestore import holder
@@ -218,3 +219,20 @@ async def test_a_holder_whose_write_is_fenced_stops_and_logs_lease_lost(redis_cl
             assert not leases.held()
     lost = next(e for e in logs if e["event"] == "lease_lost")
     assert (lost["store"], lost["source"], lost["log_level"]) == ("taken", "pcm", "warning")
+
+
+STORE_CONFIG = "{name: s, api_base: 'http://127.0.0.1:1', client_id: i, client_secret: s}"
+
+
+@pytest.mark.parametrize(("line", "seconds"), [("", 15.0), ("lease_ttl: 3s\n", 3.0)])
+def test_lease_ttl_is_configured_with_a_default_of_15s(line, seconds) -> None:
+    config = parse_config(f"{line}stores: [{STORE_CONFIG}]", environ={})
+    assert config.lease_ttl == seconds
+
+
+@pytest.mark.parametrize("value", ["2s", "500ms", "11m"])
+def test_a_lease_ttl_out_of_bounds_is_refused_with_its_path(value) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"lease_ttl: {value}\nstores: [{STORE_CONFIG}]", environ={})
+    [problem] = caught.value.problems
+    assert problem.startswith("lease_ttl: must be between 3s and 10m")
