@@ -63,6 +63,27 @@ class LocalCluster:
         process.send_signal(signal.SIGKILL)
         process.wait(10)
 
+    def replicated(self, master: int) -> None:
+        """Wait until a replica of the master has every write so far: replication is
+        asynchronous, and a write it has not reached is lost when the master dies. (WAIT
+        would only wait for the writes of its own connection.)"""
+
+        def caught_up() -> bool:
+            info = dict(
+                line.split(":", 1)
+                for line in _cli(master, "info", "replication").splitlines()
+                if ":" in line
+            )
+            written = int(info["master_repl_offset"])
+            acked = [
+                int(dict(part.split("=") for part in value.split(","))["offset"])
+                for key, value in info.items()
+                if key.startswith("slave") and key[5:].isdigit()
+            ]
+            return any(offset >= written for offset in acked)
+
+        _wait(caught_up, f"a replica of {master} to catch up")
+
     def master_of(self, key: str) -> int:
         """The port of the master that holds `key`'s slot now (asked of a running node)."""
         asked = min(self.processes)

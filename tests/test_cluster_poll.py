@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -129,15 +128,6 @@ async def test_the_bridge_connects_to_a_cluster_through_one_node(redis_cluster: 
         assert len(redis.get_primaries()) == 3  # found from the one node named
 
 
-def replicated(cluster: LocalCluster, master: int) -> None:
-    """Wait until the master's replica has every write so far (WAIT 1 replica)."""
-    reply = subprocess.run(
-        ["redis-cli", "-p", str(master), "wait", "1", "5000"],
-        check=True, capture_output=True, text=True, timeout=10,
-    )  # fmt: skip
-    assert reply.stdout.strip() == "1", reply.stdout
-
-
 async def test_the_poller_follows_a_failover_of_its_stores_master(
     aiohttp_server, redis_cluster: LocalCluster
 ):
@@ -151,7 +141,7 @@ async def test_the_poller_follows_a_failover_of_its_stores_master(
             first = sim.create_job()
             await eventually(lambda: seen(store, {(first, "pending")}), 10, "the first event")
             master = redis_cluster.master_of(store.events_key)
-            replicated(redis_cluster, master)
+            redis_cluster.replicated(master)
             redis_cluster.kill(master)
             # Changes while the slot has no master, then after the replica took over.
             sim.set_status(first, "started")
