@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
 from bridge.api import make_api
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, StoreConfig, SubscriptionBase
 from bridge.dispatcher import Dispatcher
 from bridge.elasticpath import ElasticPathClient
 from bridge.embedded import EmbeddedRedis
+from bridge.live import Live, deliverable
 from bridge.poller import Poller, PollSettings
-from bridge.sinks.base import SinkContext
+from bridge.sinks.base import Sink, SinkContext
 from bridge.sinks.registry import build_sink
 from bridge.store import Store
 from bridge.tasks import Supervisor
@@ -69,50 +72,85 @@ class Bridge:
     """Every poller of every store, and the dispatcher of every subscription, over one Redis."""
 
     def __init__(
-        self, config: BridgeConfig, redis: aioredis.Redis, *, claim_idle: float = 120.0
+        self,
+        config: BridgeConfig,
+        redis: aioredis.Redis,
+        *,
+        claim_idle: float = 120.0,
+        config_path: Path | None = None,
     ) -> None:
+        # The config file's, with the API's subscriptions once bridge.live has read them.
         self.config = config
         self.redis = redis
-        self.stores = {
-            s.name: Store(redis, s.name, outbox_retention=config.outbox_retention)
-            for s in config.stores
-        }
-        self.clients = {
-            s.name: ElasticPathClient(
-                s.api_base,
-                s.client_id,
-                s.client_secret.get_secret_value(),
-                max_requests_per_second=s.max_requests_per_second,
-                timeout=s.request_timeout,
-                store=s.name,
-            )
-            for s in config.stores
-        }
-        self.pollers = [
-            Poller(self.clients[s.name], self.stores[s.name], source, PollSettings.from_config(s))
-            for s in config.stores
-            for source in s.sources
-        ]
+        self.stores: dict[str, Store] = {}
+        self.clients: dict[str, ElasticPathClient] = {}
+        self.pollers: list[Poller] = []
+        self._poller_stops: dict[str, asyncio.Event] = {}  # per store: a reload stops its pollers
+        self._stop = asyncio.Event()
+        for store in config.stores:
+            self.add_store(store, config.outbox_retention)
         self.dispatcher = Dispatcher(
             redis,
             [store.events_key for store in self.stores.values()],
-            config.subscriptions,
+            deliverable(config, config.subscriptions),
             {
-                sub.name: build_sink(
-                    sub, SinkContext(redis, config.subscription_allows_private(sub))
-                )
-                for sub in config.subscriptions
+                sub.name: self.sink_for(sub)
+                for sub in deliverable(config, config.subscriptions)
                 if sub.enabled
             },
             claim_idle=claim_idle,
+            build_sink=self.sink_for,
         )
         # Every loop of this process, the dispatcher's own included: what /readyz reports.
         self.supervisor = Supervisor(children=[self.dispatcher.supervisor])
+        self.live = Live(self, config_path)
+
+    def sink_for(self, sub: SubscriptionBase) -> Sink[Any]:
+        allow_private = self.config.subscription_allows_private(sub)
+        return build_sink(sub, SinkContext(self.redis, allow_private))
+
+    def add_store(self, store: StoreConfig, outbox_retention: float) -> None:
+        """The Redis state, API client and pollers of one store (started by start_pollers)."""
+        self.stores[store.name] = Store(self.redis, store.name, outbox_retention=outbox_retention)
+        self.clients[store.name] = client = ElasticPathClient(
+            store.api_base,
+            store.client_id,
+            store.client_secret.get_secret_value(),
+            max_requests_per_second=store.max_requests_per_second,
+            timeout=store.request_timeout,
+            store=store.name,
+        )
+        settings = PollSettings.from_config(store)
+        self.pollers += [
+            Poller(client, self.stores[store.name], source, settings) for source in store.sources
+        ]
+
+    def start_pollers(self, name: str) -> None:
+        stop = self._poller_stops[name] = asyncio.Event()
+        if self._stop.is_set():
+            stop.set()
+        for p in self.pollers:
+            if p.store.name == name:
+                self.supervisor.start(f"poller:{name}:{p.source}", p.run, stop)
+
+    async def remove_store(self, name: str) -> None:
+        """Stop the pollers of one store between cycles and forget it; its outbox stays."""
+        self._poller_stops.pop(name, asyncio.Event()).set()
+        pollers = [p for p in self.pollers if p.store.name == name]
+        await asyncio.gather(
+            *(self.supervisor.retire(f"poller:{name}:{p.source}", SHUTDOWN_GRACE) for p in pollers)
+        )
+        self.pollers[:] = [p for p in self.pollers if p.store.name != name]
+        await self.clients.pop(name).close()
+        del self.stores[name]
 
     async def run(self, stop: asyncio.Event) -> None:
-        for p in self.pollers:
-            self.supervisor.start(f"poller:{p.store.name}:{p.source}", p.run, stop)
+        self._stop = stop
+        await self.live.refresh()  # the API's subscriptions, before the first event is routed
+        for name in self.stores:
+            self.start_pollers(name)
         self.supervisor.start("dispatcher", self.dispatcher.run, stop)
+        self.live.supervise(self.supervisor, stop)
         api = await self._start_api()
         log.info("bridge_started", stores=len(self.stores), pollers=len(self.pollers))
         stopped = False
@@ -125,6 +163,8 @@ class Bridge:
             # A stop lets each task end its cycle; a cancellation ends them at once. Either is
             # safe: each observation is one atomic Lua script.
             stop.set()  # a task that swallowed its cancellation still ends at its next check
+            for poller_stop in self._poller_stops.values():
+                poller_stop.set()
             await self.supervisor.finish(grace=SHUTDOWN_GRACE if stopped else 0)
             for client in self.clients.values():
                 await client.close()
@@ -142,25 +182,32 @@ class Bridge:
         return runner
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
+def install_signal_handlers(stop: asyncio.Event, reload: Callable[[], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    handlers = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set}
+    if reload is not None:
+        handlers[signal.SIGHUP] = reload
+    for signum, handler in handlers.items():
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, handler)
 
 
 async def run_until_stopped(
     config: BridgeConfig,
     seconds: float | None = None,
     extra: Callable[[aioredis.Redis, asyncio.Event], Awaitable[None]] | None = None,
+    config_path: Path | None = None,
 ) -> None:
-    """`jobs-bridge run`: until SIGINT/SIGTERM, or for `seconds`."""
+    """`jobs-bridge run`: until SIGINT/SIGTERM, or for `seconds`; SIGHUP reads `config_path`
+    again."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
     if seconds is not None:
         asyncio.get_running_loop().call_later(seconds, stop.set)
     async with connect_redis(config) as redis:
-        bridge = Bridge(config, redis)
+        bridge = Bridge(config, redis, config_path=config_path)
+        if config_path is not None:
+            install_signal_handlers(stop, bridge.live.request_reload)
         jobs = [bridge.run(stop)]
         if extra is not None:
             jobs.append(extra(redis, stop))

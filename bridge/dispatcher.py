@@ -14,7 +14,7 @@ import random
 import socket
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -72,6 +72,7 @@ class Dispatcher:
         block: float = 1.0,
         batch: int = 100,
         max_in_flight: int = 200,
+        build_sink: Callable[[SubscriptionBase], Sink] | None = None,
     ) -> None:
         self.redis = redis
         self.outbox_keys = list(outbox_keys)
@@ -94,6 +95,8 @@ class Dispatcher:
         # instead of one per entry. A crash before the flush only means a redelivery.
         self._acks: defaultdict[str, list[str]] = defaultdict(list)
         self.supervisor = Supervisor()  # the consume, retry, ack and claim loops
+        self._build_sink = build_sink  # for apply()
+        self._retiring: set[asyncio.Task[None]] = set()  # sinks apply() replaced, closing
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class Dispatcher:
             await finish(set(self._tasks), grace=DRAIN_SECONDS if stopped else 0)
             if stopped:
                 await self._flush_acks()
+            await finish(set(self._retiring), grace=0)
             for sink in self.sinks.values():
                 await sink.close()
             totals = sum(self.counts.values(), Counter())
@@ -287,7 +291,9 @@ class Dispatcher:
         `scheduled`: the delivery came off the retry schedule (a retry or a replay), whose
         entry must be cleared once it is done.
         """
-        sink = self.sinks[sub.name]
+        sink = self.sinks.get(sub.name)
+        if sink is None:  # removed by apply() since the event was routed: not for it any more
+            return DeliveryResult(ok=False, reason="subscription removed", retryable=False)
         async with self._per_subscription[sub.name]:
             started = time.perf_counter()
             try:
@@ -344,6 +350,53 @@ class Dispatcher:
             cached = (now, await self.deliveries.health(subscription))
             self._health[subscription] = cached
         return cached[1]
+
+    # -- live reconfiguration (issue 12: the per-subscription lanes bring their own) --------
+
+    async def apply(self, subscriptions: Sequence[SubscriptionBase]) -> None:
+        """Deliver to `subscriptions` from now on: new ones start, removed ones stop, changed
+        ones go on with their new settings and a new sink. A replaced sink is closed once the
+        deliveries it has in flight had their time."""
+        if self._build_sink is None:
+            raise RuntimeError("this dispatcher was made without build_sink")
+        wanted = {sub.name: sub for sub in subscriptions if sub.enabled}
+        sinks: dict[str, Sink] = {}
+        for name, sub in wanted.items():
+            current = self.sinks.get(name)
+            if current is not None and self.subscriptions.get(name) == sub:
+                sinks[name] = current
+                continue
+            sinks[name] = self._build_sink(sub)
+            await sinks[name].start()
+            self._per_subscription[name] = asyncio.Semaphore(sub.concurrency)
+        retired = [sink for name, sink in self.sinks.items() if sinks.get(name) is not sink]
+        self.subscriptions, self.sinks = wanted, sinks
+        for sink in retired:
+            task = asyncio.create_task(_retire(sink), name=f"retire:{sink.name}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def watch(self, outbox_keys: Sequence[str]) -> None:
+        """Read these outbox streams from now on (stores added or removed by a reload)."""
+        for key in outbox_keys:
+            if key not in self.outbox_keys:
+                await self._create_group(key)
+        self.outbox_keys = list(outbox_keys)
+
+    async def _create_group(self, key: str) -> None:
+        try:
+            await self.redis.xgroup_create(key, GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+async def _retire(sink: Sink) -> None:
+    """Close a sink apply() replaced, after its deliveries in flight had their timeout."""
+    try:
+        await asyncio.sleep(sink.timeout)
+    finally:
+        await sink.close()
 
 
 async def replay_since(

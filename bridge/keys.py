@@ -14,12 +14,19 @@ each Lua script and transaction then touches a single Redis Cluster slot.
   jb:{<sub>}:attempts:<event id>    list    every attempt of one event to it (capped)
   jb:{<sub>}:health                 hash    disabled and why, failing since, last success
   jb:slack:{<sub>}:...              Slack message state and digest buffer (see slack_key)
+  jb:{subscriptions}                hash    the API's subscriptions: name -> its entry (JSON)
+  jb:{subscriptions}:version        string  counter, raised by every change of that hash
+  jb:subscriptions:changed          pubsub  a change's new version, for every running process
 """
 
 from __future__ import annotations
 
 RETRY = "jb:retry"
 DEAD_LETTERS = "jb:dlq"
+# One hash tag: the catalog and its version change in one transaction (one cluster slot).
+SUBSCRIPTIONS = "jb:{subscriptions}"
+SUBSCRIPTIONS_VERSION = "jb:{subscriptions}:version"
+SUBSCRIPTIONS_CHANNEL = "jb:subscriptions:changed"
 
 
 def store_key(store: str, kind: str) -> str:

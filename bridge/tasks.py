@@ -82,6 +82,15 @@ class Supervisor:
         self._tasks.clear()
         await finish(tasks, grace)
 
+    async def retire(self, name: str, grace: float) -> None:
+        """End one loop, whose own stop event the caller has set, and forget it: a loop that
+        is no longer wanted (a store removed from the config) is not a dead one."""
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            await finish([task], grace)
+        if task is None or task.done():  # one stuck in a library still updates its state
+            self._states.pop(name, None)
+
     async def _supervise(self, name: str, loop: Loop, stop: asyncio.Event) -> None:
         deaths = 0  # in a row: the backoff grows with them
         try:
