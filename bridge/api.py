@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from bridge import api_subscriptions
 from bridge.deliveries import Deliveries
 from bridge.dispatcher import GROUP
 from bridge.status import read_status
@@ -178,4 +179,5 @@ def make_api(bridge: Bridge, token: str | None) -> web.Application:
     app.router.add_get("/subscriptions/{name}/attempts", subscription_attempts)
     app.router.add_get("/dlq", dlq_list)
     app.router.add_post("/dlq/replay", dlq_replay)
+    api_subscriptions.add_routes(app, bridge)
     return app

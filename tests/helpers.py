@@ -57,9 +57,11 @@ class WebhookReceiver:
     secret: str = field(default_factory=new_secret)
     url: str = ""
     received: set[tuple[str, str]] = field(default_factory=set)
+    events: list[dict[str, Any]] = field(default_factory=list)  # every verified one, in order
 
     async def handle(self, request: web.Request) -> web.Response:
         event = Webhook(self.secret).verify(await request.read(), dict(request.headers))
+        self.events.append(event)
         self.received.add((event["subject"], event["data"]["status"]))
         return web.Response(status=204)
 
