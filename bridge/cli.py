@@ -106,7 +106,7 @@ def run(ctx: click.Context, config_path: Path, seconds: float | None) -> None:
     if ctx.obj["log_level"] is None:  # --log-level wins over the config's log_level
         logs.setup(config.log_level, ctx.obj["json_logs"])
     try:
-        asyncio.run(run_until_stopped(config, seconds))
+        asyncio.run(run_until_stopped(config, seconds, config_path=config_path))
     except MissingExtra as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)

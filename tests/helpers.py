@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -119,11 +120,15 @@ def make_config(*args: Any, **kwargs: Any) -> BridgeConfig:
 
 @contextlib.asynccontextmanager
 async def running(
-    config: BridgeConfig, redis: aioredis.Redis, claim_idle: float = 120.0
+    config: BridgeConfig,
+    redis: aioredis.Redis,
+    claim_idle: float = 120.0,
+    config_path: Path | None = None,
 ) -> AsyncIterator[Bridge]:
-    """A Bridge running in a task; stopped gracefully at the end (and it must not have died)."""
+    """A Bridge running in a task; stopped gracefully at the end (and it must not have died).
+    `config_path`: the file `bridge.live.reload()` reads, as on SIGHUP."""
     stop = asyncio.Event()
-    bridge = Bridge(config, redis, claim_idle=claim_idle)
+    bridge = Bridge(config, redis, claim_idle=claim_idle, config_path=config_path)
     task = asyncio.create_task(bridge.run(stop))
     try:
         yield bridge
