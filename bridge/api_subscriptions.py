@@ -112,12 +112,7 @@ async def test_subscription(request: web.Request) -> web.Response:
     found = await _find(request)
     if isinstance(found, web.Response):
         return found
-    sub, _origin = found
-    config = bridge.live.file_config
-    store = (sub.filter.stores or [s.name for s in config.stores])[0]
-    outcome = await send_test(
-        bridge.redis, sub, store=store, allow_private=config.subscription_allows_private(sub)
-    )
+    outcome = await send_test(bridge.redis, bridge.live.file_config, found[0])
     return web.json_response(asdict(outcome))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from typing import Any
 import redis.exceptions
 import structlog
 
+from bridge import progress
 from bridge.elasticpath import (
     ApiError,
     ElasticPathClient,
@@ -225,8 +225,8 @@ class Poller:
                     self._progress(scan.report, total)
                 if len(page.records) < self.settings.page_limit:
                     break
-            if kind == "baseline" and sys.stderr.isatty():
-                sys.stderr.write("\n")
+            if kind == "baseline":
+                self._progress(scan.report, total, finished=True)
         await self._finish(scan)
         return scan.report
 
@@ -379,12 +379,11 @@ class Poller:
             "event_emitted", event_id=eid, type=event_type(self.source, status), subject=job_id
         )
 
-    def _progress(self, report: CycleReport, total: int | None) -> None:
-        if sys.stderr.isatty():
-            of = f"/{total}" if total else ""
-            sys.stderr.write(f"\rbaseline {self.store.name}/{self.source}: {report.jobs}{of} jobs")
-            sys.stderr.flush()
-        elif report.pages % PROGRESS_EVERY_PAGES == 0:
+    def _progress(self, report: CycleReport, total: int | None, finished: bool = False) -> None:
+        name = f"{self.store.name}/{self.source}"
+        if progress.report(name, report.jobs, total, finished=finished) or finished:
+            return  # shown by a listener (the command line's bars), or nothing more to say
+        if report.pages % PROGRESS_EVERY_PAGES == 0:
             self._log.info("baseline_progress", pages=report.pages, jobs=report.jobs, total=total)
 
 

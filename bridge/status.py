@@ -37,10 +37,13 @@ class StatusView:
 
     def to_json(
         self,
-        pollers: Mapping[tuple[str, str], dict[str, Any]],
-        counters: Mapping[str, dict[str, int]],
+        pollers: Mapping[tuple[str, str], dict[str, Any]] | None = None,
+        counters: Mapping[str, dict[str, int]] | None = None,
     ) -> dict[str, Any]:
-        """The API's /status, with this process's own facts of each poller and `counters`."""
+        """The API's /status, with this process's own facts of each poller and `counters`
+        (`jobs-bridge status --json` has neither)."""
+        pollers = pollers or {}
+        counters = counters or {}
         return {
             "pollers": [
                 {
@@ -48,7 +51,7 @@ class StatusView:
                     "source": source,
                     **found,
                     "last_poll_at": format_epoch(found["last_poll_at"]),
-                    **pollers[store.name, source],
+                    **pollers.get((store.name, source), {}),
                 }
                 for store in self.stores
                 for source, found in store.sources.items()

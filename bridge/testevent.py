@@ -18,7 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 
-from bridge.config import SubscriptionBase
+from bridge.config import BridgeConfig, SubscriptionBase
 from bridge.deliveries import ATTEMPT_RETENTION, ATTEMPTS_PER_EVENT, ATTEMPTS_PER_SUBSCRIPTION
 from bridge.events import build_event, encode
 from bridge.jobs import now_iso
@@ -69,11 +69,13 @@ def synthetic_event(store: str) -> dict[str, Any]:
     return {**event, "type": TEST_EVENT_TYPE}
 
 
-async def send_test(
-    redis: aioredis.Redis, sub: SubscriptionBase, *, store: str, allow_private: bool
-) -> Outcome:
-    """Send one test event to `sub` through a sink of its own, and log the attempt."""
-    event = synthetic_event(store)
+async def send_test(redis: aioredis.Redis, config: BridgeConfig, sub: SubscriptionBase) -> Outcome:
+    """Send one test event to `sub` through a sink of its own, and log the attempt.
+
+    The event names the first store the subscription's filter allows, so that a queue
+    routes it as it would route a real one."""
+    event = synthetic_event((sub.filter.stores or [store.name for store in config.stores])[0])
+    allow_private = config.subscription_allows_private(sub)
     started = time.perf_counter()
     try:
         sink = build_sink(sub, SinkContext(redis, allow_private))
