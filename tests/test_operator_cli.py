@@ -167,8 +167,6 @@ async def test_pollers_report_baseline_progress_to_listeners(aiohttp_server, red
     try:
         for store in ("one", "two"):
             client = ElasticPathClient(base, "sim-client", "sim-secret", max_requests_per_second=99)
-                base, "sim-client", "sim-secret", max_requests_per_second=500
-            )
             pollers.append(Poller(client, Store(redis_client, store), "pcm", settings))
         await asyncio.gather(*(poller.cycle() for poller in pollers))
     finally:
