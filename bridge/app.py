@@ -182,14 +182,11 @@ class Bridge:
         return runner
 
 
-def install_signal_handlers(stop: asyncio.Event, reload: Callable[[], None] | None = None) -> None:
+def install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
-    handlers = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set}
-    if reload is not None:
-        handlers[signal.SIGHUP] = reload
-    for signum, handler in handlers.items():
+    for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, handler)
+            loop.add_signal_handler(signum, stop.set)
 
 
 async def run_until_stopped(
@@ -207,7 +204,10 @@ async def run_until_stopped(
     async with connect_redis(config) as redis:
         bridge = Bridge(config, redis, config_path=config_path)
         if config_path is not None:
-            install_signal_handlers(stop, bridge.live.request_reload)
+            with contextlib.suppress(NotImplementedError):
+                asyncio.get_running_loop().add_signal_handler(
+                    signal.SIGHUP, bridge.live.request_reload
+                )
         jobs = [bridge.run(stop)]
         if extra is not None:
             jobs.append(extra(redis, stop))

@@ -376,7 +376,7 @@ class Dispatcher:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
-    async def watch(self, outbox_keys: Sequence[str]) -> None:
+    async def set_outboxes(self, outbox_keys: Sequence[str]) -> None:
         """Read these outbox streams from now on (stores added or removed by a reload)."""
         for key in outbox_keys:
             if key not in self.outbox_keys:

@@ -163,7 +163,7 @@ class Live:
         for store in new.stores:
             if store.name in starting:
                 bridge.add_store(store, new.outbox_retention)
-        await bridge.dispatcher.watch([store.events_key for store in bridge.stores.values()])
+        await bridge.dispatcher.set_outboxes([store.events_key for store in bridge.stores.values()])
         for name in starting:
             bridge.start_pollers(name)
 
