@@ -88,7 +88,7 @@ class Bridge:
         self._poller_stops: dict[str, asyncio.Event] = {}  # per store: a reload stops its pollers
         self._stop = asyncio.Event()
         for store in config.stores:
-            self.add_store(store, config.outbox_retention)
+            self.add_store(store, config)
         self.dispatcher = Dispatcher(
             redis,
             [store.events_key for store in self.stores.values()],
@@ -109,9 +109,10 @@ class Bridge:
         allow_private = self.config.subscription_allows_private(sub)
         return build_sink(sub, SinkContext(self.redis, allow_private))
 
-    def add_store(self, store: StoreConfig, outbox_retention: float) -> None:
+    def add_store(self, store: StoreConfig, config: BridgeConfig) -> None:
         """The Redis state, API client and pollers of one store (started by start_pollers)."""
-        self.stores[store.name] = Store(self.redis, store.name, outbox_retention=outbox_retention)
+        retention = config.outbox_retention
+        self.stores[store.name] = Store(self.redis, store.name, outbox_retention=retention)
         self.clients[store.name] = client = ElasticPathClient(
             store.api_base,
             store.client_id,
@@ -120,7 +121,9 @@ class Bridge:
             timeout=store.request_timeout,
             store=store.name,
         )
-        settings = PollSettings.from_config(store)
+        settings = PollSettings.from_config(
+            store, finished_job_retention=config.finished_job_retention
+        )
         self.pollers += [
             Poller(client, self.stores[store.name], source, settings) for source in store.sources
         ]

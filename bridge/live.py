@@ -28,7 +28,15 @@ log = structlog.get_logger(__name__)
 
 RECHECK = 2.0  # seconds between version checks: the safety net under the pub/sub message
 # Top-level settings a reload applies; a change of any other one waits for a restart.
-LIVE_KEYS = ("stores", "subscriptions", "allow_private_networks", "outbox_retention")
+LIVE_KEYS = (
+    "stores",
+    "subscriptions",
+    "allow_private_networks",
+    "outbox_retention",
+    "finished_job_retention",
+)
+# Top-level settings every store uses: a change restarts the pollers of every store.
+STORE_KEYS = ("outbox_retention", "finished_job_retention")
 
 
 def deliverable(config: BridgeConfig, subs: Sequence[SubscriptionBase]) -> list[SubscriptionBase]:
@@ -143,7 +151,7 @@ class Live:
             found = {
                 **changes(
                     "stores", old.stores, new.stores,
-                    every=old.outbox_retention != new.outbox_retention,
+                    every=any(getattr(old, k) != getattr(new, k) for k in STORE_KEYS),
                 ),
                 **changes("subscriptions", old.subscriptions, new.subscriptions),
             }  # fmt: skip
@@ -162,7 +170,7 @@ class Live:
         starting = set(found["stores_added"] + found["stores_changed"])
         for store in new.stores:
             if store.name in starting:
-                bridge.add_store(store, new.outbox_retention)
+                bridge.add_store(store, new)
         await bridge.dispatcher.set_outboxes([store.events_key for store in bridge.stores.values()])
         for name in starting:
             bridge.start_pollers(name)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validato
 from bridge.config.subscription import SubscriptionBase
 from bridge.config.types import (
     DAY,
+    HOUR,
     MINUTE,
     HttpUrl,
     Invalid,
@@ -152,6 +153,7 @@ class BridgeConfig(Model):
     api: ApiConfig | None = None
     allow_private_networks: bool = False
     outbox_retention: PositiveDuration = 7 * DAY
+    finished_job_retention: PositiveDuration = 30 * DAY
     log_level: str = "info"
 
     @field_validator("redis", "subscriptions", mode="before")
@@ -160,6 +162,13 @@ class BridgeConfig(Model):
         # `subscriptions:` with every entry commented out parses as null; mean "none".
         if value is None:
             return {} if info.field_name == "redis" else []
+        return value
+
+    @field_validator("finished_job_retention")
+    @classmethod
+    def _at_least_an_hour(cls, value: float) -> float:
+        if value < HOUR:
+            raise ValueError(f"must be at least 1h (got {format_duration(value)})")
         return value
 
     @field_validator("log_level")
