@@ -7,11 +7,15 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aio_pika
 import aiohttp
+import nats
+import nats.js.errors
 from conftest import require_service
 from fakeslack import WEBHOOK_PATH, FakeSlack
 from helpers import (
@@ -246,19 +250,41 @@ async def test_test_event_is_signed_and_its_attempt_recorded(
         assert (await api.call("POST", "/subscriptions/nobody/test"))[0] == 404
 
 
+@contextlib.asynccontextmanager
+async def broker_names() -> AsyncIterator[tuple[str, str, str]]:
+    """A NATS subject prefix and stream, and a RabbitMQ exchange, of this test's own: the
+    brokers are shared, so what the test made is deleted afterwards."""
+    token = uuid.uuid4().hex[:12]
+    prefix, stream, exchange = f"jbtest.{token}", f"JBTEST_{token.upper()}", f"jb-test-{token}"
+    try:
+        yield prefix, stream, exchange
+    finally:
+        connection = await nats.connect(NATS_URL)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await connection.jetstream().delete_stream(stream)
+        await connection.close()
+        async with await aio_pika.connect(RABBITMQ_URL) as amqp:
+            await (await amqp.channel()).exchange_delete(exchange)
+
+
 async def test_every_type_through_the_api(aiohttp_server, redis_url, redis_client):
     require_service("RabbitMQ", _tcp_reachable(RABBITMQ_URL, 5672))
     require_service("NATS", _tcp_reachable(NATS_URL, 4222))
     slack = FakeSlack()
     slack_url = str((await aiohttp_server(slack.app)).make_url(WEBHOOK_PATH))
     stream = f"jb-test-{time.time_ns()}"
-    entries = {
-        "chat": {"type": "slack", "webhook_url": slack_url, "allow_private_networks": True},
-        "stream": {"type": "redis_stream", "url": redis_url, "stream": stream},
-        "amqp": {"type": "rabbitmq", "url": RABBITMQ_URL, "exchange": f"jb-test-{time.time_ns()}"},
-        "nats": {"type": "nats", "url": NATS_URL, "subject_prefix": "jbtest", "stream": "JBTEST"},
-    }
-    async with api_bridge(aiohttp_server, redis_url, redis_client) as api:
+    async with (
+        broker_names() as (prefix, nats_stream, exchange),
+        api_bridge(aiohttp_server, redis_url, redis_client) as api,
+    ):
+        entries = {
+            "chat": {"type": "slack", "webhook_url": slack_url, "allow_private_networks": True},
+            "stream": {"type": "redis_stream", "url": redis_url, "stream": stream},
+            "amqp": {"type": "rabbitmq", "url": RABBITMQ_URL, "exchange": exchange},
+            "nats": {
+                "type": "nats", "url": NATS_URL, "subject_prefix": prefix, "stream": nats_stream,
+            },
+        }  # fmt: skip
         for name, entry in entries.items():
             assert (await api.put(name, entry))[0] == 201
             outcome = json.loads((await api.call("POST", f"/subscriptions/{name}/test"))[1])

@@ -244,6 +244,7 @@ async def test_a_dispatcher_whose_sink_fails_to_start_is_restarted_and_delivers(
     assert all(s.alive and s.restarts == 0 for n, s in states.items() if n != "dispatcher")
     assert set(states) == {
         "poller:shop:pcm",
+        "subscriptions",  # the API's subscriptions, watched (bridge.live)
         "dispatcher",
         "dispatcher:consume",
         "dispatcher:retry",
