@@ -123,6 +123,8 @@ async def test_json_listings_name_each_subscription_origin(
 
     code, out, _err = await finished(await jobs_bridge(path, "subscriptions", "list"))
     assert code == 0 and out.splitlines()[1].startswith("from-api ")
+    code, out, _err = await finished(await jobs_bridge(path, "subscriptions", "enable", "from-api"))
+    assert code == 0 and out == "from-api enabled.\n"
 
 
 async def test_terminal_tables_show_origins(tmp_path, redis_url, redis_client):

@@ -106,6 +106,8 @@ async def test_put_replace_delete_take_effect_on_the_next_transition(
         assert status == 201 and view["origin"] == "api" and view["secrets"] == ["***"]
         job = api.sim.create_job()
         await eventually(lambda: (job, "pending") in first.received, what="the new subscription")
+        status, text = await api.call("GET", "/status")
+        assert [s["name"] for s in json.loads(text)["subscriptions"]] == ["fixed", "team"]
 
         second = await start_receiver(aiohttp_server)
         status, view = await api.put("team", hook_entry(second))
