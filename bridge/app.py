@@ -166,7 +166,7 @@ async def run_until_stopped(
         asyncio.get_running_loop().call_later(seconds, stop.set)
     async with connect_redis(config) as redis:
         bridge = Bridge(config, redis)
-        jobs = [bridge.run(stop)]
+        jobs: list[Awaitable[None]] = [bridge.run(stop)]
         if extra is not None:
             jobs.append(extra(redis, stop))
         await asyncio.gather(*jobs)
