@@ -12,6 +12,7 @@ POST /dlq/replay {"subscription"?, "id"? | "all": true}
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-BRIDGE = web.AppKey("bridge", "Bridge")
+BRIDGE: web.AppKey[Bridge] = web.AppKey("bridge")
 TOKEN = web.AppKey("token", str)
 
 
@@ -56,7 +57,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     bridge = request.app[BRIDGE]
     view = await read_status(bridge.redis, bridge.config)
-    pollers = {
+    pollers: dict[tuple[str, str], dict[str, Any]] = {
         (p.store.name, p.source): {
             "consecutive_failures": p.consecutive_failures,
             "counters": dict(p.stats),
@@ -83,7 +84,7 @@ _DELIVERY_COUNTERS = (
 
 
 def _family(
-    name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]
+    name: str, kind: str, help_text: str, samples: Sequence[tuple[dict[str, str], float]]
 ) -> list[str]:
     """One metric family in the Prometheus text format."""
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-BRIDGE = web.AppKey("subscriptions_bridge", "Bridge")
+BRIDGE: web.AppKey[Bridge] = web.AppKey("subscriptions_bridge")
 
 
 def add_routes(app: web.Application, bridge: Bridge) -> None:

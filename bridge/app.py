@@ -211,7 +211,7 @@ async def run_until_stopped(
                 asyncio.get_running_loop().add_signal_handler(
                     signal.SIGHUP, bridge.live.request_reload
                 )
-        jobs = [bridge.run(stop)]
+        jobs: list[Awaitable[None]] = [bridge.run(stop)]
         if extra is not None:
             jobs.append(extra(redis, stop))
         await asyncio.gather(*jobs)

@@ -205,7 +205,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         except aiohttp.ClientConnectorError as exc:
             # The socket factory tripped: give callers the same error as the other layers.
             if isinstance(exc.os_error, _SocketRefused):
-                raise AddressRefused(exc.os_error.strerror) from exc
+                raise AddressRefused(exc.os_error.strerror or str(exc.os_error)) from exc
             raise
 
 

@@ -12,7 +12,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,7 +223,7 @@ class Poller:
         if forgotten:
             self._log.info("finished_jobs_forgotten", jobs=forgotten)
 
-    def _pages(self, scan: Scan) -> AsyncIterator[Page]:
+    def _pages(self, scan: Scan) -> AsyncGenerator[Page, None]:
         return pages(self.client, scan, self.settings.page_limit, self._log, self.stats)
 
     def _new_scan(self, kind: str, **how: Any) -> Scan:

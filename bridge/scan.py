@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +71,7 @@ class Scan:
 
 async def pages(
     client: ElasticPathClient, scan: Scan, limit: int, log: Any, stats: Counter[str]
-) -> AsyncIterator[Page]:
+) -> AsyncGenerator[Page, None]:
     """Pages of /pcm/jobs from the start, until a short page, the offset soft limit, or a
     page already seen (an API that ignores `page[offset]` would otherwise never end)."""
     offset = 0

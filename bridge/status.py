@@ -37,7 +37,7 @@ class StatusView:
 
     def to_json(
         self,
-        pollers: Mapping[tuple[str, str], dict[str, Any]] | None = None,
+        pollers: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
         counters: Mapping[str, dict[str, int]] | None = None,
     ) -> dict[str, Any]:
         """The API's /status, with this process's own facts of each poller and `counters`
@@ -112,7 +112,9 @@ async def read_status(
     found = []
     for store_config in config.stores if stores else ():
         store = Store(redis, store_config.name)
-        sources = {s: await store.source_status(s) for s in store_config.sources}
+        sources: dict[str, dict[str, Any]] = {
+            s: await store.source_status(s) for s in store_config.sources
+        }
         found.append(StoreStatus(store.name, sources, await store.outbox_status(GROUP)))
     deliveries = Deliveries(redis)
     subscriptions = [(sub, await deliveries.status(sub.name)) for sub in config.subscriptions]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FIRST_PORT = int(os.environ.get("JB_TEST_CLUSTER_PORT", "30101"))
+FIRST_PORT = os.environ.get("JB_TEST_CLUSTER_PORT")  # default: a free block of ports
 NODES = 6  # three masters, each with one replica
 READY_TIMEOUT = 30.0
 
@@ -104,6 +105,22 @@ def _synced(port: int) -> bool:
     return "role:master" in info or "master_link_status:up" in info
 
 
+def _free_ports() -> list[int]:
+    """NODES consecutive ports whose cluster bus ports (+10000) are free too.
+
+    Random, so that two test runs on one machine do not meet on the same cluster.
+    """
+    if FIRST_PORT is not None:
+        first = int(FIRST_PORT)
+        return list(range(first, first + NODES))
+    for _ in range(50):
+        first = random.randrange(20_000, 29_000)
+        ports = list(range(first, first + NODES))
+        if not any(_port_open(p) or _port_open(p + 10_000) for p in ports):
+            return ports
+    raise ClusterUnavailable("found no free block of ports for a Redis Cluster")
+
+
 def _wait(condition: object, what: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while not condition():  # type: ignore[operator]
@@ -117,10 +134,7 @@ def local_cluster() -> Iterator[LocalCluster]:
     """Start the cluster, wait until every slot is served, yield it, tear it down."""
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         raise ClusterUnavailable("redis-server and redis-cli are needed for a Redis Cluster")
-    ports = list(range(FIRST_PORT, FIRST_PORT + NODES))
-    busy = [port for port in ports if _port_open(port)]
-    if busy:
-        raise ClusterUnavailable(f"ports {busy} are taken (set JB_TEST_CLUSTER_PORT)")
+    ports = _free_ports()
     with tempfile.TemporaryDirectory(prefix="jb-cluster-") as directory:
         cluster = LocalCluster(Path(directory), ports)
         try:

@@ -43,6 +43,10 @@ class RedisConfig(Model):
     url: RedisUrl | None = None
 
 
+def _only_pcm() -> list[Source]:
+    return ["pcm"]
+
+
 class StoreConfig(Model):
     """One Elastic Path store to poll."""
 
@@ -50,7 +54,7 @@ class StoreConfig(Model):
     api_base: HttpUrl
     client_id: NonEmptyStr
     client_secret: Secret
-    sources: Annotated[list[Source], Field(min_length=1)] = Field(default_factory=lambda: ["pcm"])
+    sources: Annotated[list[Source], Field(min_length=1)] = Field(default_factory=_only_pcm)
     poll_interval: PositiveDuration = 5.0
     idle_poll_interval: PositiveDuration = 30.0
     max_requests_per_second: float = Field(5.0, gt=0)
