@@ -30,7 +30,9 @@ def show(*tables: Table, console: Console | None = None) -> None:
 
 def status_tables(view: StatusView, origins: dict[str, str]) -> list[Table]:
     """`jobs-bridge status`: the stores' pollers and outboxes, then the subscriptions."""
-    pollers = Table("store", "source", "baseline", "last poll", "open jobs", "known jobs")
+    pollers = Table(
+        "store", "source", "baseline", "last poll", "open jobs", "known jobs", title="pollers"
+    )
     outboxes = Table("store", "events kept", "not yet dispatched", "in delivery", title="outboxes")
     for store in view.stores:
         for source, found in store.sources.items():
@@ -53,7 +55,10 @@ def status_tables(view: StatusView, origins: dict[str, str]) -> list[Table]:
 
 def subscriptions_table(view: StatusView, origins: dict[str, str]) -> Table:
     """Each subscription: where it comes from, enabled or why not, last success and failure."""
-    table = Table("name", "origin", "type", "state", "last ok", "last failure", "retrying", "dead")
+    table = Table(
+        "name", "origin", "type", "state", "last ok", "last failure", "retrying", "dead",
+        title="subscriptions",
+    )  # fmt: skip
     table.add_column("last error", overflow="fold")
     for sub, found in view.subscriptions:
         if not sub.enabled:
