@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import redis.asyncio as aioredis
 import structlog
@@ -24,7 +25,9 @@ from bridge.config import (
 from bridge.dispatcher import Dispatcher
 from bridge.elasticpath import ElasticPathClient
 from bridge.embedded import EmbeddedRedis
+from bridge.metrics import Metrics
 from bridge.poller import Poller, PollSettings
+from bridge.readiness import LoopState, task_states
 from bridge.sinks import Sink
 from bridge.sinks.webhook import WebhookSink
 from bridge.store import Store
@@ -142,10 +145,14 @@ class Bridge:
     ) -> None:
         self.config = config
         self.redis = redis
+        self.metrics = Metrics()
+        self._tasks: list[asyncio.Task[None]] = []
         self.stores = {
             s.name: Store(redis, s.name, outbox_retention=config.outbox_retention)
             for s in config.stores
         }
+        for store in self.stores.values():
+            store.analytics.observers.append(self.metrics.observe_job)
         self.clients = {
             s.name: ElasticPathClient(
                 s.api_base,
@@ -172,7 +179,13 @@ class Bridge:
                 if sub.enabled
             },
             claim_idle=claim_idle,
+            on_attempt=self.metrics.observe_delivery,
         )
+
+    def loop_states(self) -> list[LoopState]:
+        """Every background loop of this process and whether it runs (for /readyz)."""
+        inner = task_states(self.dispatcher.loops)
+        return task_states(self._tasks) + [replace(s, name=f"dispatcher:{s.name}") for s in inner]
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [
@@ -180,6 +193,7 @@ class Bridge:
             for p in self.pollers
         ]
         tasks.append(asyncio.create_task(self.dispatcher.run(stop), name="dispatcher"))
+        self._tasks = tasks
         api = await self._start_api()
         log.info("bridge_started", stores=len(self.stores), pollers=len(self.pollers))
         stopped = False

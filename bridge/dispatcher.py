@@ -13,7 +13,7 @@ import random
 import socket
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -70,6 +70,7 @@ class Dispatcher:
         block: float = 1.0,
         batch: int = 100,
         max_in_flight: int = 200,
+        on_attempt: Callable[[str, DeliveryResult], None] | None = None,
     ) -> None:
         self.redis = redis
         self.outbox_keys = list(outbox_keys)
@@ -80,6 +81,7 @@ class Dispatcher:
         self.claim_idle = claim_idle
         self.block = block
         self.batch = batch
+        self.on_attempt = on_attempt  # hears every attempt's result (metrics)
         self.stats: Counter[str] = Counter()  # outbox entries: routed, claimed
         self.counts: defaultdict[str, Counter[str]] = defaultdict(Counter)  # per subscription
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -88,6 +90,7 @@ class Dispatcher:
         }
         self._health: dict[str, tuple[float, Health]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.loops: list[asyncio.Task[None]] = []  # consume, retry, ack, claim (for /readyz)
         # Handled outbox entries, acknowledged in batches: one XACK per stream every ACK_EVERY
         # instead of one per entry. A crash before the flush only means a redelivery.
         self._acks: defaultdict[str, list[str]] = defaultdict(list)
@@ -109,7 +112,7 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
         log.info("dispatcher_started", consumer=self.consumer, subscriptions=len(self.sinks))
-        loops = [
+        self.loops = loops = [
             asyncio.create_task(self._loop(stop, self._consume_once, 0.0), name="consume"),
             asyncio.create_task(self._loop(stop, self._retry_once, 1.0), name="retry"),
             asyncio.create_task(self._loop(stop, self._flush_acks, ACK_EVERY), name="ack"),
@@ -293,6 +296,8 @@ class Dispatcher:
                 )
                 log.exception("sink_failed", subscription=sub.name, event_id=event["id"])
         await self.deliveries.record_attempt(sub.name, event["id"], attempt, result)
+        if self.on_attempt is not None:
+            self.on_attempt(sub.name, result)
         bound = log.bind(subscription=sub.name, event_id=event["id"], attempt=attempt)
         if result.ok:
             self.counts[sub.name]["delivered"] += 1

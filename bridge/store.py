@@ -5,6 +5,7 @@ Keys of one store share the hash tag `{<store>}` so every script touches one clu
   jb:{s}:open    zset    non-terminal jobs, score = stall reference (ms since epoch)
   jb:{s}:meta    hash    baseline:<source>, full_scan:<source>, count:<source>, ...
   jb:{s}:events  stream  the outbox: one entry per event, consumer group `dispatch`
+  jb:{s}:analytics:<minute>  hash  finished jobs' counts and durations (bridge/analytics.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from bridge.analytics import JobAnalytics, newly_finished
 from bridge.events import build_event, event_id
 from bridge.jobs import Job, now_iso
 
@@ -170,6 +172,7 @@ class Store:
         self.open_key = f"{prefix}:open"
         self.meta_key = f"{prefix}:meta"
         self.events_key = f"{prefix}:events"
+        self.analytics = JobAnalytics(redis, name)
         self._observe = redis.register_script(OBSERVE)
         self._stall = redis.register_script(STALL)
 
@@ -198,7 +201,14 @@ class Store:
                     client=pipe,
                 )
             replies = await pipe.execute()
-        return [Outcome(str(r[0]), int(r[1]), str(r[2]) or None) for r in replies]
+        outcomes = [Outcome(str(r[0]), int(r[1]), str(r[2]) or None) for r in replies]
+        await self.analytics.record(
+            newly_finished(
+                (obs.job, out.result, out.previous_status)
+                for obs, out in zip(observations, outcomes, strict=True)
+            )
+        )
+        return outcomes
 
     def _observe_args(self, obs: Observation, observed_at: str, min_id: str) -> list[Any]:
         job = obs.job
