@@ -24,7 +24,10 @@ from bridge.jobs import TERMINAL, Job, format_epoch
 
 RETENTION = 7 * 86_400
 # Upper bounds (seconds) of the duration buckets, shared with the Prometheus histograms.
-BOUNDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
+BOUNDS = (
+    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+    21600.0,
+)  # fmt: skip
 MAX_POINTS = 120  # a chart gets at most this many time steps; longer windows merge minutes
 PHASES = ("run", "wait")
 

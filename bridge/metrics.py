@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bridge import __version__
@@ -74,6 +74,12 @@ class Metrics:
             buckets=BOUNDS,
             registry=self.registry,
         )
+        self.jobs_finished = Counter(
+            "jobs_bridge_jobs_finished",
+            "Jobs seen reaching a final status (success, failed, cancelled), counted once each.",
+            ["store", "source", "job_type", "status"],
+            registry=self.registry,
+        )
         self.job_wait = Histogram(
             "jobs_bridge_job_wait_seconds",
             "Queue time of finished jobs (started_at - created_at), observed once per job.",
@@ -88,6 +94,7 @@ class Metrics:
         self.delivery_duration.labels(subscription).observe(result.duration_ms / 1000)
 
     def observe_job(self, store: str, job: Job, wait: float | None, run: float | None) -> None:
+        self.jobs_finished.labels(store, job.source, job.type, job.status).inc()
         if run is not None:
             self.job_duration.labels(store, job.source, job.type, job.status).observe(run)
         if wait is not None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
+from pathlib import Path
 
+import yaml
 from apikit import STORE, SUBSCRIPTION, bridge_with_api
 from helpers import eventually
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,6 +35,7 @@ NEW_FAMILIES = {
     "jobs_bridge_delivery_duration_seconds": ("histogram", {"subscription"}),
     "jobs_bridge_job_duration_seconds": ("histogram", {"store", "source", "job_type", "status"}),
     "jobs_bridge_job_wait_seconds": ("histogram", {"store", "source", "job_type"}),
+    "jobs_bridge_jobs_finished": ("counter", {"store", "source", "job_type", "status"}),
     "jobs_bridge_last_poll_timestamp_seconds": ("gauge", {"store", "source"}),
     "jobs_bridge_subscription_backlog": ("gauge", {"subscription"}),
     "jobs_bridge_build_info": ("gauge", {"version"}),
@@ -80,6 +85,7 @@ async def test_metrics_keep_old_families_and_observe_a_finished_job(
         job = {"store": STORE, "source": "pcm", "job_type": "product-import"}
         assert sample(families, "jobs_bridge_job_duration_seconds", "_count", **job) == 1
         assert sample(families, "jobs_bridge_job_wait_seconds", "_count", **job) == 1
+        assert sample(families, "jobs_bridge_jobs_finished", "_total", **job) == 1
         assert sample(families, "jobs_bridge_job_duration_seconds", "_count", status="success") == 1
         assert (
             sample(
@@ -106,3 +112,25 @@ async def test_metrics_keep_old_families_and_observe_a_finished_job(
         await eventually(lambda: running.bridge.pollers[0].stats["cycles"] > cycles + 2)
         families = parse((await running.get("/metrics"))[1])
         assert sample(families, "jobs_bridge_job_duration_seconds", "_count", **job) == 1
+
+
+def test_dashboard_and_alerts_use_only_published_metrics():
+    deploy = Path(__file__).parent.parent / "deploy"
+    rules = yaml.safe_load((deploy / "prometheus-alerts.yml").read_text())["groups"][0]["rules"]
+    dashboard = json.loads((deploy / "grafana-dashboard.json").read_text())
+    queries = [rule["expr"] for rule in rules] + [
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    ]
+    published = set()
+    for name, (kind, _labels) in {**OLD_FAMILIES, **NEW_FAMILIES}.items():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}
+        published |= {name + s for s in suffixes.get(kind, [""])}
+    used = set(re.findall(r"\bjobs_bridge_[a-z_]+", " ".join(queries)))
+    assert used and used <= published, used - published
+    alerts = {rule["alert"] for rule in rules}
+    assert {
+        "JobsBridgeNoPoll",
+        "JobsBridgeSubscriptionDisabled",
+        "JobsBridgeBacklogGrowing",
+        "JobsBridgeDeadLettersRising",
+    } <= alerts

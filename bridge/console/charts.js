@@ -152,7 +152,9 @@ window.JBCharts = (() => {
   function durationAxis(scale, width) {
     const chart = svg("svg", { width, height: 16, viewBox: `0 0 ${width} 16` });
     for (const tick of scale.ticks) {
-      const text = svg("text", { x: scale.x(tick), y: 12, "text-anchor": "middle", class: "tick" });
+      const x = scale.x(tick);
+      const anchor = x < 24 ? "start" : x > width - 24 ? "end" : "middle";
+      const text = svg("text", { x, y: 12, "text-anchor": anchor, class: "tick" });
       text.textContent = duration(tick).replace(".0", "");
       chart.append(text);
     }
