@@ -59,6 +59,32 @@ class Running:
                 return response.status, await response.text()
 
 
+def api_config(sim_url: str, hook_url: str, redis_url: str, port: int, token: str | None) -> Any:
+    """One store polled fast, one webhook subscription retried once, the API on `port`."""
+    api: dict[str, Any] = {"listen": f"127.0.0.1:{port}"}
+    if token:
+        api["token"] = token
+    store = {
+        "name": STORE,
+        "api_base": sim_url,
+        "client_id": "sim-client",
+        "client_secret": "sim-secret",
+        "poll_interval": "100ms",
+        "idle_poll_interval": "200ms",
+        "max_requests_per_second": 100,
+    }
+    subscription = {
+        "name": SUBSCRIPTION,
+        "type": "webhook",
+        "url": hook_url,
+        "secrets": [new_secret()],
+        "retry_schedule": ["100ms"],
+        "allow_private_networks": True,
+    }
+    data = {"redis": {"url": redis_url}, "stores": [store], "subscriptions": [subscription]}
+    return parse_config(json.dumps({**data, "api": api}), environ={})  # JSON is YAML
+
+
 @contextlib.asynccontextmanager
 async def bridge_with_api(
     server_factory: ServerFactory,
@@ -68,7 +94,7 @@ async def bridge_with_api(
     token: str | None = "let-me-in",
     failing: bool = False,
 ) -> AsyncIterator[Running]:
-    """The bridge polling a simulator fast, one webhook subscription, the API on a free port."""
+    """A running bridge over a simulator and a receiver; yielded once its baseline is done."""
     sim = Simulator(seed=5)
     sim_server = await server_factory(make_app(sim))
     hook = Hook(failing=failing)
@@ -76,39 +102,8 @@ async def bridge_with_api(
     hooks.router.add_post("/hook", hook.handle)
     hook_server = await server_factory(hooks)
     port = free_port()
-    api: dict[str, Any] = {"listen": f"127.0.0.1:{port}"}
-    if token:
-        api["token"] = token
-    config = parse_config(
-        json.dumps(
-            {
-                "redis": {"url": redis_url},
-                "stores": [
-                    {
-                        "name": STORE,
-                        "api_base": str(sim_server.make_url("")).rstrip("/"),
-                        "client_id": "sim-client",
-                        "client_secret": "sim-secret",
-                        "poll_interval": "100ms",
-                        "idle_poll_interval": "200ms",
-                        "max_requests_per_second": 100,
-                    }
-                ],
-                "subscriptions": [
-                    {
-                        "name": SUBSCRIPTION,
-                        "type": "webhook",
-                        "url": str(hook_server.make_url("/hook")),
-                        "secrets": [new_secret()],
-                        "retry_schedule": ["100ms"],
-                        "allow_private_networks": True,
-                    }
-                ],
-                "api": api,
-            }
-        ),
-        environ={},
-    )
+    sim_url = str(sim_server.make_url("")).rstrip("/")
+    config = api_config(sim_url, str(hook_server.make_url("/hook")), redis_url, port, token)
     base = f"http://127.0.0.1:{port}"
     async with running(config, redis) as bridge:
         async with aiohttp.ClientSession() as http:
