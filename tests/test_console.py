@@ -7,8 +7,11 @@ here). Outside CI a missing browser or Playwright skips these tests; in CI it fa
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
+import re
 import shutil
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ from typing import Any
 import pytest
 from apikit import STORE, SUBSCRIPTION, Running, bridge_with_api
 from helpers import eventually
+
+from bridge import console
 
 IN_CI = bool(os.environ.get("CI"))
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -153,3 +158,14 @@ async def test_console_without_a_token_opens_directly(
 async def _dead_letters(running: Running, count: int) -> bool:
     _, body = await running.get("/dlq")
     return len(body["dead_letters"]) == count
+
+
+def test_every_console_file_ships_in_the_wheel_and_is_served():
+    package = Path(console.__file__).parent
+    files = {p.name for p in package.iterdir() if p.is_file() and p.suffix != ".py"}
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["bridge.console"]
+    assert all(any(fnmatch.fnmatch(name, p) for p in patterns) for name in files), files
+    page = (package / "index.html").read_text()
+    linked = set(re.findall(r'(?:src|href)="/console/([^"]+)"', page))
+    assert linked <= set(console.ASSETS) and files == set(console.ASSETS) | {"index.html"}
