@@ -141,7 +141,9 @@
     state.events = new Map(events.map((e) => [e.id, e]));
     fillTable($("events"), [["Time"], ["Job"], ["Type"], ["Status"], ["Deliveries"]], events.map((e) => h("tr", {
       class: e.id === state.selected ? "selected" : null,
+      tabindex: 0,
       onclick: () => select(e.id),
+      onkeydown: (key) => { if (key.key === "Enter") select(e.id); },
     },
       h("td", null, clock(e.time)),
       h("td", null, shortId(e.job_id), h("span", { class: "sub" }, `${e.store} · ${e.source}`)),
