@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 
 import redis.asyncio as aioredis
 import structlog
@@ -27,11 +26,10 @@ from bridge.elasticpath import ElasticPathClient
 from bridge.embedded import EmbeddedRedis
 from bridge.metrics import Metrics
 from bridge.poller import Poller, PollSettings
-from bridge.readiness import LoopState, task_states
 from bridge.sinks import Sink
 from bridge.sinks.webhook import WebhookSink
 from bridge.store import Store
-from bridge.tasks import finish
+from bridge.tasks import LoopState, Supervisor
 
 log = structlog.get_logger(__name__)
 
@@ -146,7 +144,6 @@ class Bridge:
         self.config = config
         self.redis = redis
         self.metrics = Metrics()
-        self._tasks: list[asyncio.Task[None]] = []
         self.stores = {
             s.name: Store(redis, s.name, outbox_retention=config.outbox_retention)
             for s in config.stores
@@ -181,19 +178,17 @@ class Bridge:
             claim_idle=claim_idle,
             on_attempt=self.metrics.observe_delivery,
         )
+        # Every loop of this process, the dispatcher's own included: what /readyz reports.
+        self.supervisor = Supervisor(children=[self.dispatcher.supervisor])
 
     def loop_states(self) -> list[LoopState]:
-        """Every background loop of this process and whether it runs (for /readyz)."""
-        inner = task_states(self.dispatcher.loops)
-        return task_states(self._tasks) + [replace(s, name=f"dispatcher:{s.name}") for s in inner]
+        """Every background loop of this process and whether it runs (/readyz, /metrics)."""
+        return self.supervisor.states()
 
     async def run(self, stop: asyncio.Event) -> None:
-        tasks = [
-            asyncio.create_task(p.run(stop), name=f"poller:{p.store.name}:{p.source}")
-            for p in self.pollers
-        ]
-        tasks.append(asyncio.create_task(self.dispatcher.run(stop), name="dispatcher"))
-        self._tasks = tasks
+        for p in self.pollers:
+            self.supervisor.start(f"poller:{p.store.name}:{p.source}", p.run, stop)
+        self.supervisor.start("dispatcher", self.dispatcher.run, stop)
         api = await self._start_api()
         log.info("bridge_started", stores=len(self.stores), pollers=len(self.pollers))
         stopped = False
@@ -206,7 +201,7 @@ class Bridge:
             # A stop lets each task end its cycle; a cancellation ends them at once. Either is
             # safe: each observation is one atomic Lua script.
             stop.set()  # a task that swallowed its cancellation still ends at its next check
-            await finish(tasks, grace=SHUTDOWN_GRACE if stopped else 0)
+            await self.supervisor.finish(grace=SHUTDOWN_GRACE if stopped else 0)
             for client in self.clients.values():
                 await client.close()
             log.info("bridge_stopped")

@@ -8,6 +8,7 @@ unacknowledged entries are claimed again (XAUTOCLAIM) and sent again with the sa
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import socket
@@ -25,7 +26,7 @@ from bridge.deliveries import Deliveries, Health, PendingRetry
 from bridge.events import encode
 from bridge.sinks import DeliveryResult, Sink
 from bridge.store import Store, event_from_outbox
-from bridge.tasks import finish
+from bridge.tasks import Supervisor, describe, finish
 
 log = structlog.get_logger(__name__)
 
@@ -90,10 +91,10 @@ class Dispatcher:
         }
         self._health: dict[str, tuple[float, Health]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.loops: list[asyncio.Task[None]] = []  # consume, retry, ack, claim (for /readyz)
         # Handled outbox entries, acknowledged in batches: one XACK per stream every ACK_EVERY
         # instead of one per entry. A crash before the flush only means a redelivery.
         self._acks: defaultdict[str, list[str]] = defaultdict(list)
+        self.supervisor = Supervisor()  # the consume, retry, ack and claim loops
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -112,14 +113,14 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
         log.info("dispatcher_started", consumer=self.consumer, subscriptions=len(self.sinks))
-        self.loops = loops = [
-            asyncio.create_task(self._loop(stop, self._consume_once, 0.0), name="consume"),
-            asyncio.create_task(self._loop(stop, self._retry_once, 1.0), name="retry"),
-            asyncio.create_task(self._loop(stop, self._flush_acks, ACK_EVERY), name="ack"),
-            asyncio.create_task(
-                self._loop(stop, self._claim_once, self.claim_idle / 2), name="claim"
-            ),
-        ]
+        for name, step, pause in (
+            ("consume", self._consume_once, 0.0),
+            ("retry", self._retry_once, 1.0),
+            ("ack", self._flush_acks, ACK_EVERY),
+            ("claim", self._claim_once, self.claim_idle / 2),
+        ):
+            loop = functools.partial(self._loop, step=step, pause=pause)
+            self.supervisor.start(f"dispatcher:{name}", loop, stop)
         stopped = False
         try:
             await stop.wait()
@@ -128,7 +129,7 @@ class Dispatcher:
             # Stopped: let loops end their step and deliveries finish. Cancelled: end now;
             # unacknowledged entries are claimed again by the next dispatcher.
             stop.set()  # a loop that swallowed its cancellation still ends at its next check
-            await finish(loops, grace=LOOP_GRACE if stopped else 0)
+            await self.supervisor.finish(grace=LOOP_GRACE if stopped else 0)
             await finish(set(self._tasks), grace=DRAIN_SECONDS if stopped else 0)
             if stopped:
                 await self._flush_acks()
@@ -138,7 +139,11 @@ class Dispatcher:
             log.info("dispatcher_stopped", consumer=self.consumer, **self.stats, **totals)
 
     async def _loop(self, stop: asyncio.Event, step: Any, pause: float) -> None:
-        """Run `step` until stopped; a step that returns True has more work and runs again."""
+        """Run `step` until stopped; a step that returns True has more work and runs again.
+
+        A failed step is retried here with backoff; what escapes (not an Exception, or a stray
+        CancelledError) ends the loop, and its supervisor restarts it.
+        """
         failures = 0
         while not stop.is_set():
             try:
@@ -151,7 +156,7 @@ class Dispatcher:
                 failures += 1
                 wait = min(30.0, 0.5 * 2**failures)
                 log.warning(
-                    "dispatch_loop_failed", step=step.__name__, error=repr(exc), retry_in=wait
+                    "dispatch_loop_failed", step=step.__name__, error=describe(exc), retry_in=wait
                 )
             if wait:
                 try:

@@ -156,6 +156,18 @@ class _BridgeCollector:
             for sub in subs:
                 family.add_metric([sub], bridge.dispatcher.counts[sub][counter])
             yield family
+        loops = bridge.loop_states()
+        restarts = CounterMetricFamily(
+            "jobs_bridge_loop_restarts",
+            "Deaths (each followed by a restart) of a loop.",
+            labels=["loop"],
+        )
+        alive = GaugeMetricFamily("jobs_bridge_loop_alive", "1 while a loop runs.", labels=["loop"])
+        for loop in loops:
+            restarts.add_metric([loop.name], loop.restarts)
+            alive.add_metric([loop.name], float(loop.alive))
+        yield restarts
+        yield alive
         yield from self._gauges(snap)
 
     @staticmethod

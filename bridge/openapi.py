@@ -69,6 +69,8 @@ SCHEMAS: dict[str, Schema] = {
                         "name": {"type": "string"},
                         "alive": {"type": "boolean"},
                         "last_error": NULLABLE_STRING,
+                        "restarts": {"type": "integer"},
+                        "since": {"type": "number", "description": "epoch seconds"},
                     },
                 )
             ),

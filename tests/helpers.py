@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests: waiting for a condition, secrets, free ports."""
+"""Small helpers shared by the tests: waiting for a condition, secrets, ports, configs."""
 
 from __future__ import annotations
 
@@ -6,16 +6,21 @@ import asyncio
 import base64
 import contextlib
 import inspect
+import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from standardwebhooks import Webhook
 
 from bridge.app import Bridge
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, parse_config
 
 
 async def eventually(
@@ -43,6 +48,71 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@dataclass
+class WebhookReceiver:
+    """A consumer's endpoint that verifies every signature and records (job id, status)."""
+
+    secret: str = field(default_factory=new_secret)
+    url: str = ""
+    received: set[tuple[str, str]] = field(default_factory=set)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        event = Webhook(self.secret).verify(await request.read(), dict(request.headers))
+        self.received.add((event["subject"], event["data"]["status"]))
+        return web.Response(status=204)
+
+
+async def start_receiver(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> WebhookReceiver:
+    """A `WebhookReceiver` served at its `url` by pytest-aiohttp's `aiohttp_server`."""
+    receiver = WebhookReceiver()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    receiver.url = str((await aiohttp_server(app)).make_url("/hook"))
+    return receiver
+
+
+# A store polling the simulator fast: what the end-to-end tests have in common.
+FAST_STORE = {
+    "client_id": "sim-client",
+    "client_secret": "sim-secret",
+    "poll_interval": "100ms",
+    "idle_poll_interval": "200ms",
+    "max_requests_per_second": 100,
+}
+
+
+def webhook(name: str, url: object, secret: str, **options: Any) -> dict[str, Any]:
+    """One webhook subscription of a config; `options` add to or override its keys."""
+    return {"name": name, "type": "webhook", "url": str(url), "secrets": [secret], **options}
+
+
+def config_text(
+    redis_url: str,
+    store: str,
+    api_base: str,
+    subscriptions: list[dict[str, Any]],
+    *,
+    store_options: dict[str, Any] | None = None,
+    **top: Any,
+) -> str:
+    """A config file: one store on the simulator at `api_base`, `subscriptions`, and any
+    top-level keys (`api`, `data_dir`, ...). Written as JSON, which is YAML."""
+    data = {
+        "redis": {"url": redis_url},
+        **top,
+        "stores": [{"name": store, "api_base": api_base, **FAST_STORE, **(store_options or {})}],
+        "subscriptions": subscriptions,
+    }
+    return json.dumps(data, default=str)
+
+
+def make_config(*args: Any, **kwargs: Any) -> BridgeConfig:
+    """`config_text`, parsed as `jobs-bridge run` would."""
+    return parse_config(config_text(*args, **kwargs), environ={})
 
 
 @contextlib.asynccontextmanager

@@ -6,19 +6,21 @@ import asyncio
 
 import aiohttp
 from aiohttp import web
-from helpers import eventually, free_port
+from helpers import eventually, free_port, make_config, webhook
 
 from bridge.app import Bridge
-from bridge.config import parse_config
+from bridge.config import BridgeConfig
 from bridge.simulator import Simulator, make_app
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-async def test_api_reports_what_an_on_call_engineer_needs(aiohttp_server, redis_url, redis_client):
-    sim = Simulator()
+async def start_hooks(
+    aiohttp_server, redis_url: str, sim: Simulator, received: list[str], port: int
+) -> BridgeConfig:
+    """The config of the API on `port`, with subscriptions `good` (answers 204) and `broken`
+    (answers 500) at a local receiver that records the webhook-id of every request."""
     sim_server = await aiohttp_server(make_app(sim))
-    received: list[str] = []
 
     async def hook(request: web.Request) -> web.Response:
         received.append(request.headers["webhook-id"])
@@ -27,36 +29,37 @@ async def test_api_reports_what_an_on_call_engineer_needs(aiohttp_server, redis_
     hooks = web.Application()
     hooks.router.add_post("/{name}", hook)
     hook_server = await aiohttp_server(hooks)
-    port = free_port()
-    config = parse_config(
-        f"""
-redis: {{url: "{redis_url}"}}
-stores:
-  - name: api-store
-    api_base: {str(sim_server.make_url("")).rstrip("/")}
-    client_id: sim-client
-    client_secret: sim-secret
-    poll_interval: 100ms
-    idle_poll_interval: 200ms
-    max_requests_per_second: 100
-subscriptions:
-  - name: good
-    type: webhook
-    url: {hook_server.make_url("/good")}
-    secrets: [{SECRET}]
-    allow_private_networks: true
-  - name: broken
-    type: webhook
-    url: {hook_server.make_url("/broken")}
-    secrets: [{SECRET}]
-    retry_schedule: [100ms]
-    allow_private_networks: true
-api:
-  listen: 127.0.0.1:{port}
-  token: let-me-in
-""",
-        environ={},
+    return make_config(
+        redis_url,
+        "api-store",
+        str(sim_server.make_url("")).rstrip("/"),
+        [
+            webhook("good", hook_server.make_url("/good"), SECRET, allow_private_networks=True),
+            webhook(
+                "broken",
+                hook_server.make_url("/broken"),
+                SECRET,
+                retry_schedule=["100ms"],
+                allow_private_networks=True,
+            ),
+        ],
+        api={"listen": f"127.0.0.1:{port}", "token": "let-me-in"},
     )
+
+
+async def answers_ok(http: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with http.get(url) as response:
+            return response.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
+
+
+async def test_api_reports_what_an_on_call_engineer_needs(aiohttp_server, redis_url, redis_client):
+    sim = Simulator()
+    received: list[str] = []
+    port = free_port()
+    config = await start_hooks(aiohttp_server, redis_url, sim, received, port)
     bridge = Bridge(config, redis_client)
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
@@ -64,15 +67,7 @@ api:
     auth = {"authorization": "Bearer let-me-in"}
     try:
         async with aiohttp.ClientSession() as http:
-
-            async def up() -> bool:
-                try:
-                    async with http.get(f"{base}/healthz") as response:
-                        return response.status == 200
-                except aiohttp.ClientConnectionError:
-                    return False
-
-            await eventually(up)
+            await eventually(lambda: answers_ok(http, f"{base}/healthz"))
             async with http.get(f"{base}/status") as response:
                 assert response.status == 401
             job_id = sim.create_job()

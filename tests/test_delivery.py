@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from helpers import eventually, new_secret, running
+from helpers import config_text, eventually, new_secret, running, webhook
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -26,9 +26,9 @@ import bridge.deliveries
 from bridge.app import Bridge
 from bridge.config import BridgeConfig, parse_config
 from bridge.deliveries import Deliveries
-from bridge.dispatcher import HEALTH_CACHE_SECONDS, RETRY_AFTER_MAX, retry_delay
-from bridge.events import event_id
-from bridge.jobs import Job
+from bridge.dispatcher import RETRY_AFTER_MAX, Dispatcher, retry_delay
+from bridge.events import build_event, event_id
+from bridge.jobs import Job, now_iso
 from bridge.simulator import Simulator, make_app
 from bridge.store import Observation, Store
 from bridge.tasks import CANCEL_WAIT
@@ -111,31 +111,13 @@ class World:
     receiver_url: str
     tmp_path: Path
 
-    def config_text(self, *, private: bool = True, **sub: str) -> str:
-        options = {
-            "retry_schedule": "[100ms, 200ms]",
-            **sub,
-        }
-        lines = "\n".join(f"    {key}: {value}" for key, value in options.items())
-        return f"""
-redis: {{url: "{self.redis_url}"}}
-data_dir: {self.tmp_path / "var"}
-{"allow_private_networks: true" if private else ""}
-stores:
-  - name: {STORE}
-    api_base: {self.sim_url}
-    client_id: sim-client
-    client_secret: sim-secret
-    poll_interval: 100ms
-    idle_poll_interval: 200ms
-    max_requests_per_second: 100
-subscriptions:
-  - name: {SUB}
-    type: webhook
-    url: {self.receiver_url}
-    secrets: [{SECRET}]
-{lines}
-"""
+    def config_text(self, *, private: bool = True, **sub: Any) -> str:
+        top: dict[str, Any] = {"data_dir": self.tmp_path / "var"}
+        if private:
+            top["allow_private_networks"] = True
+        options = {"retry_schedule": ["100ms", "200ms"], **sub}
+        subscription = webhook(SUB, self.receiver_url, SECRET, **options)
+        return config_text(self.redis_url, STORE, self.sim_url, [subscription], **top)
 
     def config(self, **kwargs: Any) -> tuple[BridgeConfig, Path]:
         """The parsed config, and the same written to a file for the CLI."""
@@ -146,21 +128,43 @@ subscriptions:
 
     async def emit(self, count: int = 1, job_type: str = "product-import") -> list[str]:
         """Append `count` events (first sightings of new pending jobs) to the outbox."""
-        now = datetime.now(UTC)
-        jobs = [
-            Job(
-                id=str(uuid.uuid4()),
-                source="pcm",
-                type=job_type,
-                status="pending",
-                created_at=now,
-                updated_at=now,
-            )
-            for _ in range(count)
-        ]
+        jobs = [new_job(job_type) for _ in range(count)]
         outcomes = await Store(self.redis, STORE).observe(Observation(job) for job in jobs)
         assert [o.result for o in outcomes] == ["emitted"] * count
         return [event_id(STORE, "pcm", job.id, "pending") for job in jobs]
+
+
+def new_job(job_type: str = "product-import") -> Job:
+    now = datetime.now(UTC)
+    return Job(
+        id=str(uuid.uuid4()),
+        source="pcm",
+        type=job_type,
+        status="pending",
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def retry_fence(deliveries: Deliveries, due_in: float) -> None:
+    """An explicit fence through the retry schedule: wait until a new event queued for `due_in`
+    seconds from now has been attempted and the schedule is empty again.
+
+    The schedule is taken in due order, so a retry due before the fence (one that must not
+    happen) has been attempted, and settled or queued again, by then.
+    """
+    job = new_job("fence")
+    fence = build_event(
+        id=event_id(STORE, "pcm", job.id, "pending"), store=STORE, source="pcm",
+        status="pending", previous_status=None, sequence=1, time=now_iso(), job=job.to_dict(),
+    )  # fmt: skip
+    await deliveries.enqueue(SUB, [fence], due=time.time() + due_in)
+
+    async def passed() -> bool:
+        attempted = await deliveries.attempts_for_event(fence["id"], [SUB])
+        return bool(attempted) and await deliveries.retry_count(SUB) == 0
+
+    await eventually(passed, due_in + 10, "the retry fence")
 
 
 @pytest.fixture
@@ -215,7 +219,7 @@ async def test_retried_until_the_receiver_recovers(world: World) -> None:
 
     world.receiver.respond = flaky
     # Steps of at least 1.04 s (1.3 s - 20 %): webhook-timestamp has one-second resolution.
-    config, _ = world.config(retry_schedule="[1300ms, 1300ms, 1300ms]")
+    config, _ = world.config(retry_schedule=["1300ms"] * 3)
     async with running(config, world.redis):
         [eid] = await world.emit()
         await eventually(lambda: eid in world.receiver.delivered(), 15, "delivery")
@@ -281,7 +285,7 @@ async def test_replayed_dead_letter_is_sent_once(
 ) -> None:
     monkeypatch.setattr(bridge.deliveries, "LEASE", 0.5)  # make the re-sends show in seconds
     world.receiver.respond = always(500)
-    config, _ = world.config(retry_schedule="[]")  # dead-lettered after the first try
+    config, _ = world.config(retry_schedule=[])  # dead-lettered after the first try
     deliveries = Deliveries(world.redis)
     async with running(config, world.redis):
         [eid] = await world.emit()
@@ -290,7 +294,7 @@ async def test_replayed_dead_letter_is_sent_once(
         await deliveries.requeue(letters)
         await eventually(lambda: eid in world.receiver.delivered(), 10, "the replayed delivery")
         sent = len(world.receiver.hits_for(eid))
-        await asyncio.sleep(1.2)  # two leases and a retry tick
+        await retry_fence(deliveries, due_in=2 * bridge.deliveries.LEASE)  # past two leases
         assert await deliveries.retry_count(SUB) == 0
         assert len(world.receiver.hits_for(eid)) == sent
 
@@ -298,7 +302,7 @@ async def test_replayed_dead_letter_is_sent_once(
 async def test_a_large_replay_is_not_held_to_one_batch_per_tick(world: World) -> None:
     """Retries come off the schedule a batch (100) at a time; a full batch is followed at once."""
     world.receiver.respond = always(500)
-    config, _ = world.config(retry_schedule="[]")
+    config, _ = world.config(retry_schedule=[])
     deliveries = Deliveries(world.redis)
     async with running(config, world.redis):
         ids = await world.emit(450)
@@ -326,7 +330,7 @@ async def test_410_disables_then_enable_and_replay_with_the_cli(world: World) ->
     world.receiver.respond = always(410)
     config, path = world.config()
     deliveries = Deliveries(world.redis)
-    async with running(config, world.redis):
+    async with running(config, world.redis) as running_bridge:
         [gone] = await world.emit()
         await eventually(deliveries.dead_letters, 10, "the 410 dead letter")
         health = await deliveries.health(SUB)
@@ -346,10 +350,10 @@ async def test_410_disables_then_enable_and_replay_with_the_cli(world: World) ->
 
         world.receiver.respond = accept
         assert f"{SUB} enabled." in await jobs_bridge("subscriptions", "enable", "-c", path, SUB)
-        enabled_at = time.monotonic()
         assert "enabled" in await jobs_bridge("subscriptions", "list", "-c", path)
-        # A running dispatcher caches health this long; events within it are still refused.
-        await asyncio.sleep(max(0.0, enabled_at + HEALTH_CACHE_SECONDS + 0.1 - time.monotonic()))
+        # A running dispatcher caches health for a moment; events within it are still refused.
+        dispatcher = running_bridge.dispatcher
+        await eventually(lambda: _sees_enabled(dispatcher), 10, "the dispatcher to see it")
         [resumed] = await world.emit()
         await eventually(lambda: resumed in world.receiver.delivered(), 10, "resumed delivery")
 
@@ -366,6 +370,10 @@ async def test_410_disables_then_enable_and_replay_with_the_cli(world: World) ->
     assert world.receiver.delivered() == everything
 
 
+async def _sees_enabled(dispatcher: Dispatcher) -> bool:
+    return (await dispatcher._cached_health(SUB)).enabled
+
+
 async def _letters_for(deliveries: Deliveries, ids: list[str]) -> list[Any]:
     letters = [d for d in await deliveries.dead_letters() if d.event_id in ids]
     return letters if len(letters) == len(ids) else []
@@ -374,7 +382,7 @@ async def _letters_for(deliveries: Deliveries, ids: list[str]) -> list[Any]:
 async def test_sustained_failure_disables_after_disable_after(world: World) -> None:
     world.receiver.respond = always(500)
     config, _ = world.config(
-        retry_schedule="[100ms, 100ms, 100ms, 100ms, 100ms, 100ms, 100ms]",
+        retry_schedule=["100ms"] * 7,
         disable_after="500ms",
     )
     assert config.subscriptions[0].disable_after == 0.5
@@ -487,7 +495,7 @@ async def test_private_address_refused_without_a_retry_loop(world: World) -> Non
     async with running(config, world.redis):
         [eid] = await world.emit()
         [letter] = await eventually(deliveries.dead_letters, 10, "the dead letter")
-        await asyncio.sleep(0.3)  # a retry would come due within this (schedule 100ms)
+        await retry_fence(deliveries, due_in=0.3)  # a retry would be due before (100ms)
     assert world.receiver.hits == []
     assert letter.event_id == eid
     assert letter.attempts == 1
@@ -505,7 +513,7 @@ async def test_retry_after_is_honoured(world: World) -> None:
         return web.Response(status=204)
 
     world.receiver.respond = throttled
-    config, _ = world.config(retry_schedule="[100ms, 100ms]")
+    config, _ = world.config(retry_schedule=["100ms", "100ms"])
     async with running(config, world.redis):
         [eid] = await world.emit()
         await eventually(lambda: eid in world.receiver.delivered(), 10, "the delivery")

@@ -39,6 +39,8 @@ NEW_FAMILIES = {
     "jobs_bridge_last_poll_timestamp_seconds": ("gauge", {"store", "source"}),
     "jobs_bridge_subscription_backlog": ("gauge", {"subscription"}),
     "jobs_bridge_build_info": ("gauge", {"version"}),
+    "jobs_bridge_loop_alive": ("gauge", {"loop"}),
+    "jobs_bridge_loop_restarts": ("counter", {"loop"}),
 }
 
 
@@ -99,6 +101,8 @@ async def test_metrics_keep_old_families_and_observe_a_finished_job(
         last_poll = sample(families, "jobs_bridge_last_poll_timestamp_seconds", store=STORE)
         assert last_poll is not None and abs(time.time() - last_poll) < 10
         assert sample(families, "jobs_bridge_build_info", version=__version__) == 1
+        assert sample(families, "jobs_bridge_loop_alive", loop="dispatcher:consume") == 1
+        assert sample(families, "jobs_bridge_loop_restarts", "_total", loop="dispatcher") == 0
 
         async def no_backlog() -> bool:
             found = parse((await running.get("/metrics"))[1])

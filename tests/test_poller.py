@@ -7,6 +7,7 @@ import random
 from collections import Counter
 
 import pytest
+from helpers import eventually
 
 from bridge.elasticpath import ElasticPathClient, TransientError
 from bridge.poller import Poller, PollSettings
@@ -145,8 +146,11 @@ async def test_shuffled_order_still_finds_every_change(sim_url, redis_client):
         newcomers = [sim.create_job(status="success") for _ in range(15)]
         for _ in range(3):
             await poller.cycle()
-        await asyncio.sleep(0.25)
-        await poller.cycle()  # the full re-scan
+
+        async def full_rescan() -> bool:
+            return (await poller.cycle()).kind == "full"
+
+        await eventually(full_rescan, 10, "the full re-scan")
         seen = Counter((s, st) for s, _p, st in await transitions(poller.store))
         expected = {(j, "success") for j in late + newcomers}
         assert set(seen) == expected
@@ -200,8 +204,9 @@ async def test_killed_between_fetch_and_observe_loses_nothing(sim_url, redis_cli
         sim.set_status(job_id, "failed")
         # The list is read, then /errors hangs: the cycle is killed before it observes.
         sim.set_faults(rate_slow=1.0, slow_seconds=5)
+        requests = sum(sim.requests.values())
         task = asyncio.create_task(poller.cycle())
-        await asyncio.sleep(0.3)
+        await eventually(lambda: sum(sim.requests.values()) > requests, 10, "a held request")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -225,7 +230,12 @@ async def test_stalled_is_emitted_once(sim_url, redis_client):
         await poller.cycle()
         job_id = sim.create_job()
         await poller.cycle()
-        await asyncio.sleep(0.3)
+
+        async def stalled() -> bool:
+            await poller.cycle()
+            return any(t[2] == "stalled" for t in await transitions(poller.store))
+
+        await eventually(stalled, 10, "the stalled event")
         for _ in range(3):
             await poller.cycle()
         statuses = [t[2] for t in await transitions(poller.store)]
@@ -285,17 +295,14 @@ async def test_api_outage_backs_off_without_crash_or_false_events(sim_url, redis
             sim.set_status(job_id, "started")
             await asyncio.sleep(0.05)
             sim.set_status(job_id, "success")
-        await asyncio.sleep(0.5)
+        await eventually(lambda: poller.stats["poll_failures"] >= 1, 10, "a failed poll")
         sim.set_faults(rate_500=0.0, rate_429=0.0, rate_malformed=0.0)
-        for _ in range(100):
-            if len(await transitions(poller.store)) >= 5 and not runner.done():
-                statuses = {t[2] for t in await transitions(poller.store)}
-                if (
-                    statuses <= {"started", "success"}
-                    and len([t for t in await transitions(poller.store) if t[2] == "success"]) == 5
-                ):
-                    break
-            await asyncio.sleep(0.1)
+
+        async def caught_up() -> bool:
+            found = await transitions(poller.store)
+            return runner.done() or sum(1 for t in found if t[2] == "success") == 5
+
+        await eventually(caught_up, 10, "five successes (or the poller ending)")
         assert not runner.done()  # still running: outages are not fatal
         stop.set()
         await runner

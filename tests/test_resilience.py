@@ -4,54 +4,28 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
-from helpers import eventually, new_secret
-from standardwebhooks import Webhook
+from helpers import eventually, make_config, start_receiver, webhook
 
 from bridge.app import Bridge, open_redis
-from bridge.config import parse_config
 from bridge.embedded import EmbeddedRedis
 from bridge.simulator import Simulator, make_app
 
 
 async def test_bridge_rides_out_a_redis_restart(aiohttp_server, tmp_path):
-    secret = new_secret()
-    received: set[tuple[str, str]] = set()
-
-    async def hook(request: web.Request) -> web.Response:
-        event = Webhook(secret).verify(await request.read(), dict(request.headers))
-        received.add((event["subject"], event["data"]["status"]))
-        return web.Response(status=204)
-
-    hooks = web.Application()
-    hooks.router.add_post("/hooks", hook)
-    hook_server = await aiohttp_server(hooks)
+    receiver = await start_receiver(aiohttp_server)
+    received = receiver.received
     sim = Simulator()
     sim_server = await aiohttp_server(make_app(sim))
-
     redis_server = EmbeddedRedis(tmp_path / "redis", persist=True)
     url = redis_server.start()
-    config = parse_config(
-        f"""
-redis: {{url: "{url}"}}
-stores:
-  - name: rs
-    api_base: {str(sim_server.make_url("")).rstrip("/")}
-    client_id: sim-client
-    client_secret: sim-secret
-    poll_interval: 100ms
-    idle_poll_interval: 200ms
-    max_requests_per_second: 100
-subscriptions:
-  - name: hooks
-    type: webhook
-    url: {hook_server.make_url("/hooks")}
-    secrets: [{secret}]
-    retry_schedule: [200ms, 500ms, 1s, 2s]
-    allow_private_networks: true
-""",
-        environ={},
+    hook = webhook(
+        "hooks",
+        receiver.url,
+        receiver.secret,
+        retry_schedule=["200ms", "500ms", "1s", "2s"],
+        allow_private_networks=True,
     )
+    config = make_config(url, "rs", str(sim_server.make_url("")).rstrip("/"), [hook])
     redis = open_redis(url)
     stop = asyncio.Event()
     bridge = Bridge(config, redis)
@@ -65,7 +39,9 @@ subscriptions:
         redis_server.stop()  # the bridge's Redis is gone; the API keeps moving
         sim.set_status(before, "started")
         during = sim.create_job()
-        await asyncio.sleep(1.5)
+        # Fence: the poller has hit the outage (and carried on) before Redis comes back.
+        poller = bridge.pollers[0]
+        await eventually(lambda: poller.stats["poll_failures"] >= 1, 10, "a failed poll")
         assert not task.done(), "the bridge must ride out a Redis outage"
 
         await asyncio.to_thread(redis_server.start)  # back, with its append-only file

@@ -110,10 +110,14 @@ class Slack:
         return str(self.server.make_url("/api/"))
 
 
-@pytest.fixture
-async def slack(aiohttp_server: ServerFactory) -> Slack:
+async def start_slack(aiohttp_server: ServerFactory) -> Slack:
     fake = FakeSlack(rate_interval=FAST)
     return Slack(fake, await aiohttp_server(fake.app))
+
+
+@pytest.fixture
+async def slack(aiohttp_server: ServerFactory) -> Slack:
+    return await start_slack(aiohttp_server)
 
 
 SinkFactory = Callable[..., Awaitable[SlackSink]]
@@ -375,13 +379,21 @@ async def test_digest_lists_the_first_and_counts_the_rest(
 
 
 async def test_digest_left_over_at_shutdown_is_sent_on_start(
-    slack: Slack, sink_for: SinkFactory
+    slack: Slack, sink_for: SinkFactory, aiohttp_server: ServerFactory
 ) -> None:
     first = await sink_for("webhook", group_threshold=0, group_window=1.0)
     for n in range(3):
         assert (await deliver(first, job_event("failed", job_id=f"job-{n}"))).ok
     await first.close()  # before the window ends: the digest waits in Redis
-    await asyncio.sleep(1.1)
+    # Fence: a live sink's digest, of a window opened after that close, reaches a Slack of its
+    # own. By then the closed sink's window has ended too: had it gone on, it would have sent.
+    other = await start_slack(aiohttp_server)
+    fence = await sink_for(
+        "webhook", name="fence", webhook_url=other.webhook_url, group_threshold=0,
+        group_window=1.0,
+    )  # fmt: skip
+    assert (await deliver(fence, job_event("failed", job_id="job-fence"))).ok
+    await eventually(lambda: len(other.fake.messages) == 1, timeout=5, what="the fence digest")
     assert slack.fake.messages == []
 
     await sink_for("webhook", group_threshold=0, group_window=1.0)
