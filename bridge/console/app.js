@@ -166,17 +166,17 @@
     if (!event) return;
     const { attempts } = await api(`/events/${encodeURIComponent(event.id)}/attempts`);
     const rows = attempts.map((a) => h("tr", null,
-      h("td", null, a.subscription),
+      h("td", { class: "nowrap" }, a.subscription),
       h("td", { class: "num" }, a.attempt),
       h("td", null, clock(a.at)),
-      h("td", { class: a.ok ? "s-success" : "s-failed" }, a.ok ? "ok" : "failed"),
-      h("td", { class: "num" }, a.status === "" ? "–" : a.status),
-      h("td", { class: "num" }, `${Math.round(a.duration_ms)} ms`),
-      h("td", { class: "reason", title: a.reason || a.response || "" }, a.reason || ""),
+      h("td", null,
+        h("span", { class: a.ok ? "s-success" : "s-failed" }, `${a.ok ? "ok" : "failed"} ${a.status}`),
+        a.ok ? null : h("span", { class: "sub", title: a.response || "" }, a.reason)),
+      h("td", { class: "num nowrap" }, `${Math.round(a.duration_ms)} ms`),
     ));
     const attemptsTable = h("table", { class: "data" });
-    fillTable(attemptsTable, [["Subscription"], ["#", "num"], ["At"], ["Result"], ["Status", "num"],
-      ["Took", "num"], ["Reason"]], rows, "No delivery attempt yet.");
+    fillTable(attemptsTable, [["Subscription"], ["#", "num"], ["At"], ["Result"], ["Took", "num"]],
+      rows, "No delivery attempt yet.");
     $("detail").replaceChildren(
       h("h2", null, event.job_type, " ", status(event.status)),
       h("dl", null,
