@@ -35,11 +35,13 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
-from bridge.app import build_sink, open_redis
+from bridge.app import open_redis
 from bridge.config import BridgeConfig, parse_config
 from bridge.dispatcher import Dispatcher
 from bridge.events import encode
 from bridge.jobs import Job
+from bridge.sinks.base import SinkContext
+from bridge.sinks.registry import build_sink
 from bridge.store import Observation, Store, event_from_outbox
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -176,7 +178,10 @@ def new_jobs(count: int) -> list[Job]:
 
 def make_dispatcher(redis: aioredis.Redis, config: BridgeConfig) -> Dispatcher:
     store = Store(redis, STORE)
-    sinks = {sub.name: build_sink(sub, config, redis) for sub in config.subscriptions}
+    sinks = {
+        sub.name: build_sink(sub, SinkContext(redis, config.subscription_allows_private(sub)))
+        for sub in config.subscriptions
+    }
     return Dispatcher(redis, [store.events_key], config.subscriptions, sinks)
 
 

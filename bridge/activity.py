@@ -10,7 +10,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bridge.config import SubscriptionBase
-from bridge.deliveries import RETRY_KEY, attempts_key
+from bridge.keys import RETRY, attempts_key
 from bridge.store import Store, event_from_outbox
 
 
@@ -95,7 +95,7 @@ async def backlogs(
     `outboxes`: Store.outbox_status of each store, by name. One consumer group serves every
     subscription today, so the outbox part is shared by the subscriptions of a store.
     """
-    retrying = Counter(m.split("\n", 1)[0] for m in await redis.zrange(RETRY_KEY, 0, -1))
+    retrying = Counter(m.split("\n", 1)[0] for m in await redis.zrange(RETRY, 0, -1))
     result = {}
     for sub in subscriptions:
         if not sub.enabled:

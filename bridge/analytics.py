@@ -22,6 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bridge.jobs import TERMINAL, Job, format_epoch
+from bridge.keys import store_key
 
 RETENTION = 7 * 86_400
 # Upper bounds (seconds) of the duration buckets, shared with the Prometheus histograms.
@@ -67,11 +68,10 @@ class JobAnalytics:
         self.redis = redis
         self.store = store
         self.retention = retention
-        self.prefix = f"jb:{{{store}}}:analytics:"
         self.observers: list[JobObserver] = []
 
     def key(self, minute: int) -> str:
-        return f"{self.prefix}{minute}"
+        return store_key(self.store, f"analytics:{minute}")
 
     async def record(self, jobs: Sequence[Job], at: float | None = None) -> None:
         """Count finished jobs in the minute of `at` (now): one pipelined round trip."""

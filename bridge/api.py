@@ -26,11 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from bridge import analytics, console, readiness
 from bridge.activity import backlogs, recent_events
 from bridge.apiguard import TOKEN, ApiError, access, int_query, json_body, json_errors
-from bridge.deliveries import DLQ_KEY, Deliveries, attempts_key, health_key
-from bridge.dispatcher import GROUP
-from bridge.jobs import format_epoch
+from bridge.deliveries import Deliveries
+from bridge.keys import DEAD_LETTERS, attempts_key, health_key
 from bridge.metrics import CONTENT_TYPE
 from bridge.openapi import document
+from bridge.status import read_status
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
@@ -95,42 +95,21 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     bridge = request.app[BRIDGE]
-    deliveries = Deliveries(bridge.redis)
-    pollers = []
-    for poller in bridge.pollers:
-        known = await poller.store.source_status(poller.source)
-        pollers.append(
-            {
-                "store": poller.store.name,
-                "source": poller.source,
-                **known,
-                "last_poll_at": format_epoch(known["last_poll_at"]),
-                "consecutive_failures": poller.consecutive_failures,
-                "counters": dict(poller.stats),
-            }
-        )
-    outboxes = {name: await store.outbox_status(GROUP) for name, store in bridge.stores.items()}
+    view = await read_status(bridge.redis, bridge.config)
+    pollers = {
+        (p.store.name, p.source): {
+            "consecutive_failures": p.consecutive_failures,
+            "counters": dict(p.stats),
+        }
+        for p in bridge.pollers
+    }
+    counters = {name: dict(counts) for name, counts in bridge.dispatcher.counts.items()}
+    body = view.to_json(pollers, counters)
+    outboxes = {store.name: store.outbox for store in view.stores}
     backlog = await backlogs(bridge.redis, bridge.config.subscriptions, outboxes)
-    subscriptions = []
-    for sub in bridge.config.subscriptions:
-        found = await deliveries.status(sub.name)
-        subscriptions.append(
-            {
-                "name": sub.name,
-                "type": sub.type,
-                "configured": sub.enabled,
-                **found,
-                "backlog": backlog[sub.name],
-                **{
-                    k: format_epoch(found[k])
-                    for k in ("last_success_at", "last_failure_at", "failing_since")
-                },
-                "counters": dict(bridge.dispatcher.counts.get(sub.name, {})),
-            }
-        )
-    return web.json_response(
-        {"pollers": pollers, "outboxes": outboxes, "subscriptions": subscriptions}
-    )
+    for sub in body["subscriptions"]:
+        sub["backlog"] = backlog[sub["name"]]
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -186,7 +165,7 @@ async def dlq_list(request: web.Request) -> web.Response:
         letters = await deliveries.dead_letters(subscription)
     if subscription is not None and not letters:
         await _known_subscription(bridge, subscription)
-    total = await bridge.redis.xlen(DLQ_KEY)
+    total = await bridge.redis.xlen(DEAD_LETTERS)
     return web.json_response(
         {"dead_letters": [asdict(letter) for letter in letters], "total": total}
     )

@@ -12,22 +12,14 @@ import structlog
 from aiohttp import web
 
 from bridge.api import make_api
-from bridge.config import (
-    BridgeConfig,
-    NatsSubscription,
-    RabbitMQSubscription,
-    RedisStreamSubscription,
-    SlackSubscription,
-    SubscriptionBase,
-    WebhookSubscription,
-)
+from bridge.config import BridgeConfig
 from bridge.dispatcher import Dispatcher
 from bridge.elasticpath import ElasticPathClient
 from bridge.embedded import EmbeddedRedis
 from bridge.metrics import Metrics
 from bridge.poller import Poller, PollSettings
-from bridge.sinks import Sink
-from bridge.sinks.webhook import WebhookSink
+from bridge.sinks.base import SinkContext
+from bridge.sinks.registry import build_sink
 from bridge.store import Store
 from bridge.tasks import LoopState, Supervisor
 
@@ -74,67 +66,6 @@ async def connect_redis(config: BridgeConfig) -> AsyncIterator[aioredis.Redis]:
             await asyncio.to_thread(embedded.stop)
 
 
-class MissingExtra(RuntimeError):
-    """A subscription type whose broker client is an optional extra that is not installed."""
-
-
-def build_sink(sub: SubscriptionBase, config: BridgeConfig, redis: aioredis.Redis) -> Sink:
-    """The sink of one subscription. Broker clients are imported only when configured."""
-    allow_private = config.subscription_allows_private(sub)
-    try:
-        if isinstance(sub, WebhookSubscription):
-            return WebhookSink(
-                sub.name,
-                sub.url,
-                [secret.get_secret_value() for secret in sub.secrets],
-                timeout=sub.timeout,
-                allow_private_networks=allow_private,
-            )
-        if isinstance(sub, SlackSubscription):
-            from bridge.sinks.slack import SlackSink
-
-            return SlackSink(
-                sub.name,
-                redis,
-                webhook_url=sub.webhook_url.get_secret_value() if sub.webhook_url else None,
-                token=sub.token.get_secret_value() if sub.token else None,
-                channel=sub.channel,
-                api_base_url=sub.api_base_url,
-                link_template=sub.link_template,
-                group_window=sub.group_window,
-                group_threshold=sub.group_threshold,
-                timeout=sub.timeout,
-                allow_private_networks=allow_private,
-            )
-        if isinstance(sub, RedisStreamSubscription):
-            from bridge.sinks.redis_stream import RedisStreamSink
-
-            return RedisStreamSink(
-                sub.name, sub.url, stream=sub.stream, maxlen=sub.maxlen, timeout=sub.timeout
-            )
-        if isinstance(sub, RabbitMQSubscription):
-            from bridge.sinks.rabbitmq import RabbitMQSink
-
-            return RabbitMQSink(sub.name, sub.url, exchange=sub.exchange, timeout=sub.timeout)
-        if isinstance(sub, NatsSubscription):
-            from bridge.sinks.nats import NatsSink
-
-            return NatsSink(
-                sub.name,
-                sub.url,
-                subject_prefix=sub.subject_prefix,
-                stream=sub.stream,
-                create_stream=sub.create_stream,
-                timeout=sub.timeout,
-            )
-    except ImportError as exc:
-        raise MissingExtra(
-            f"subscription {sub.name!r} ({sub.type}) needs an optional package: "
-            f"pip install 'jobs-bridge[{sub.type}]' ({exc.name} is missing)"
-        ) from None
-    raise ValueError(f"subscription {sub.name!r}: unknown type {sub.type!r}")
-
-
 class Bridge:
     """Every poller of every store, and the dispatcher of every subscription, over one Redis."""
 
@@ -162,7 +93,12 @@ class Bridge:
             for s in config.stores
         }
         self.pollers = [
-            Poller(self.clients[s.name], self.stores[s.name], source, PollSettings.from_config(s))
+            Poller(
+                self.clients[s.name],
+                self.stores[s.name],
+                source,
+                PollSettings.from_config(s, finished_job_retention=config.finished_job_retention),
+            )
             for s in config.stores
             for source in s.sources
         ]
@@ -171,7 +107,9 @@ class Bridge:
             [store.events_key for store in self.stores.values()],
             config.subscriptions,
             {
-                sub.name: build_sink(sub, config, redis)
+                sub.name: build_sink(
+                    sub, SinkContext(redis, config.subscription_allows_private(sub))
+                )
                 for sub in config.subscriptions
                 if sub.enabled
             },

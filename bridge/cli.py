@@ -99,7 +99,8 @@ def simulate(host: str, port: int, traffic: bool, rate: float) -> None:
 @click.pass_context
 def run(ctx: click.Context, config_path: Path, seconds: float | None) -> None:
     """Run the bridge: poll every store, deliver every event. SIGINT/SIGTERM stop cleanly."""
-    from bridge.app import MissingExtra, run_until_stopped
+    from bridge.app import run_until_stopped
+    from bridge.sinks.registry import MissingExtra
 
     config = _load(config_path)
     if ctx.obj["log_level"] is None:  # --log-level wins over the config's log_level
@@ -204,8 +205,11 @@ def subscriptions() -> None:
 @config_option
 def subscriptions_list(config_path: Path) -> None:
     """Each subscription: enabled or why it was disabled, last success and failure."""
+    from bridge.status import read_status
+
     config = _load(config_path)
-    for line in _with_redis(config, lambda redis: _subscription_lines(config, redis)):
+    view = _with_redis(config, lambda redis: read_status(redis, config, stores=False))
+    for line in view.subscription_lines():
         click.echo(line)
 
 
@@ -213,53 +217,11 @@ def subscriptions_list(config_path: Path) -> None:
 @config_option
 def status(config_path: Path) -> None:
     """What the bridge knows, from its Redis: each store's pollers and outbox, each subscription."""
-    from bridge.dispatcher import GROUP
-    from bridge.store import Store
+    from bridge.status import read_status
 
     config = _load(config_path)
-
-    async def action(redis: Any) -> list[str]:
-        lines = []
-        for store_config in config.stores:
-            store = Store(redis, store_config.name)
-            for source in store_config.sources:
-                found = await store.source_status(source)
-                baseline = "done" if found["baseline_done"] else "NOT DONE"
-                lines.append(
-                    f"{store.name}/{source:<4} baseline: {baseline}"
-                    f"  last poll: {_when(found['last_poll_at'])}  open jobs: {found['open_jobs']}"
-                    f"  known jobs: {found['known_jobs']}"
-                )
-            outbox = await store.outbox_status(GROUP)
-            lines.append(
-                f"{store.name} outbox: {outbox['length']} event(s) kept, "
-                f"{outbox['lag']} not yet dispatched, "
-                f"{outbox['pending'] or 0} in delivery"
-            )
-        return lines + await _subscription_lines(config, redis)
-
-    for line in _with_redis(config, action):
+    for line in _with_redis(config, lambda redis: read_status(redis, config)).lines():
         click.echo(line)
-
-
-async def _subscription_lines(config: Any, redis: Any) -> list[str]:
-    from bridge.deliveries import Deliveries
-
-    deliveries = Deliveries(redis)
-    lines = []
-    for sub in config.subscriptions:
-        found = await deliveries.status(sub.name)
-        state = "enabled" if found["enabled"] else f"DISABLED ({found['disabled_reason']})"
-        if not sub.enabled:
-            state = "off in config"
-        lines.append(
-            f"{sub.name:<20} {sub.type:<12} {state}  last ok: {_when(found['last_success_at'])}  "
-            f"last failure: {_when(found['last_failure_at'])}  retrying: {found['retrying']}  "
-            f"dead: {found['dead_letters']}"
-        )
-        if found["last_error"] and (found["failing_since"] or not found["enabled"]):
-            lines.append(f"{'':<20} last error: {found['last_error']}")
-    return lines
 
 
 @subscriptions.command("enable")
@@ -285,12 +247,6 @@ def subscriptions_enable(config_path: Path, name: str) -> None:
             f"{dead} dead letter(s) wait for it: jobs-bridge dlq replay -c {config_path} "
             f"--subscription {name} --all"
         )
-
-
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "never"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) + "Z"
 
 
 def main() -> None:

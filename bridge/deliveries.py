@@ -1,11 +1,7 @@
 """Redis state of delivery: retry schedule, dead letters, attempt log, subscription health.
 
-jb:retry                          zset    "<subscription> <event id>" by due time (ms)
-jb:delivery:<sub>:<event id>      hash    the event and its attempt count, while retried
-jb:dlq                            stream  dead letters: subscription, event id, reason, event
-jb:{<sub>}:attempts               stream  every attempt of one subscription (capped)
-jb:{<sub>}:attempts:<event id>    list    every attempt of one event to it (capped)
-jb:{<sub>}:health                 hash    disabled and why, failing since, last success
+Its keys (bridge.keys): jb:retry, jb:delivery:..., jb:dlq, and per subscription its attempt
+log and health hash.
 """
 
 from __future__ import annotations
@@ -19,10 +15,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bridge.jobs import now_iso
+from bridge.keys import DEAD_LETTERS, RETRY, attempts_key, delivery_key, health_key
 from bridge.sinks import DeliveryResult
 
-RETRY_KEY = "jb:retry"
-DLQ_KEY = "jb:dlq"
 ATTEMPTS_PER_SUBSCRIPTION = 10_000
 ATTEMPTS_PER_EVENT = 50
 ATTEMPT_RETENTION = 7 * 86_400  # seconds an event's attempt list is kept
@@ -77,20 +72,6 @@ def _ms(seconds: float) -> int:
 def _member(subscription: str, event_id: str) -> str:
     """A retry's member in the schedule: its subscription and event id."""
     return f"{subscription}\n{event_id}"
-
-
-def delivery_key(subscription: str, event_id: str) -> str:
-    return f"jb:delivery:{subscription}:{event_id}"
-
-
-def health_key(subscription: str) -> str:
-    return f"jb:{{{subscription}}}:health"
-
-
-def attempts_key(subscription: str, event_id: str | None = None) -> str:
-    """The attempt log of a subscription, or of one event to it."""
-    key = f"jb:{{{subscription}}}:attempts"
-    return f"{key}:{event_id}" if event_id else key
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,17 +154,17 @@ class Deliveries:
                     delivery_key(subscription, event["id"]),
                     mapping={"event": json.dumps(event), "attempts": attempts},
                 )
-                pipe.zadd(RETRY_KEY, {_member(subscription, event["id"]): when})
+                pipe.zadd(RETRY, {_member(subscription, event["id"]): when})
                 count += 1
             ids = list(dead_letter_ids)
             if ids:
-                pipe.xdel(DLQ_KEY, *ids)
+                pipe.xdel(DEAD_LETTERS, *ids)
             await pipe.execute()
         return count
 
     async def claim_due(self, limit: int = 100) -> list[PendingRetry]:
         now = time.time()
-        members = await self._claim(keys=[RETRY_KEY], args=[_ms(now), _ms(now + LEASE), limit])
+        members = await self._claim(keys=[RETRY], args=[_ms(now), _ms(now + LEASE), limit])
         if not members:
             return []
         pairs = [member.split("\n", 1) for member in members]
@@ -204,14 +185,14 @@ class Deliveries:
     async def settle(self, subscription: str, event_id: str) -> None:
         """The delivery is finished (sent or dead-lettered): forget its retry state."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(RETRY_KEY, _member(subscription, event_id))
+            pipe.zrem(RETRY, _member(subscription, event_id))
             pipe.delete(delivery_key(subscription, event_id))
             await pipe.execute()
 
     async def retry_count(self, subscription: str | None = None) -> int:
         if subscription is None:
-            return int(await self.redis.zcard(RETRY_KEY))
-        members = await self.redis.zrange(RETRY_KEY, 0, -1)
+            return int(await self.redis.zcard(RETRY))
+        members = await self.redis.zrange(RETRY, 0, -1)
         return sum(1 for m in members if m.split("\n", 1)[0] == subscription)
 
     # -- dead letters --------------------------------------------------------------------
@@ -221,7 +202,7 @@ class Deliveries:
     ) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(
-                DLQ_KEY,
+                DEAD_LETTERS,
                 {
                     "subscription": subscription,
                     "event_id": event["id"],
@@ -231,7 +212,7 @@ class Deliveries:
                     "event": json.dumps(event),
                 },
             )
-            pipe.zrem(RETRY_KEY, _member(subscription, event["id"]))
+            pipe.zrem(RETRY, _member(subscription, event["id"]))
             pipe.delete(delivery_key(subscription, event["id"]))
             await pipe.execute()
 
@@ -239,9 +220,9 @@ class Deliveries:
         self, subscription: str | None = None, entry_id: str | None = None
     ) -> list[DeadLetter]:
         if entry_id is not None:
-            entries = await self.redis.xrange(DLQ_KEY, entry_id, entry_id)
+            entries = await self.redis.xrange(DEAD_LETTERS, entry_id, entry_id)
         else:
-            entries = await self.redis.xrange(DLQ_KEY)
+            entries = await self.redis.xrange(DEAD_LETTERS)
         letters = [_dead_letter(eid, f) for eid, f in entries]
         if subscription is not None:
             letters = [d for d in letters if d.subscription == subscription]
@@ -254,7 +235,7 @@ class Deliveries:
         found: list[DeadLetter] = []
         cursor = "+"
         while len(found) < count:
-            entries = await self.redis.xrevrange(DLQ_KEY, max=cursor, count=max(count, 100))
+            entries = await self.redis.xrevrange(DEAD_LETTERS, max=cursor, count=max(count, 100))
             if not entries:
                 break
             letters = (_dead_letter(eid, f) for eid, f in entries)

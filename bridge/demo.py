@@ -20,15 +20,16 @@ from aiohttp import web
 
 from bridge.app import Bridge, connect_redis, install_signal_handlers
 from bridge.config import BridgeConfig, parse_config
+from bridge.jobs import JobStatus
 from bridge.simulator import Simulator, make_app
 
 STATUS_COLOURS = {
-    "pending": "white",
-    "started": "cyan",
-    "success": "green",
-    "failed": "red",
-    "cancelled": "yellow",
-    "stalled": "magenta",
+    JobStatus.PENDING: "white",
+    JobStatus.STARTED: "cyan",
+    JobStatus.SUCCESS: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.CANCELLED: "yellow",
+    JobStatus.STALLED: "magenta",
 }
 
 
@@ -106,7 +107,7 @@ def format_event(event: dict, duplicate: bool = False) -> str:
     data = event["data"]
     job = data["job"]
     status = data["status"]
-    arrow = f"{data['previous_status'] or 'new'} -> " if status != "stalled" else ""
+    arrow = f"{data['previous_status'] or 'new'} -> " if status != JobStatus.STALLED else ""
     line = (
         f"{time.strftime('%H:%M:%S')}  {data['source']:<3}  {job['type']:<19} "
         f"{job['id'][:8]}  {arrow}{click.style(status, fg=STATUS_COLOURS.get(status), bold=True)}"

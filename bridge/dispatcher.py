@@ -21,11 +21,12 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
-from bridge.config import BridgeConfig, SubscriptionBase
+from bridge.config import BridgeConfig, SubscriptionBase, format_duration
 from bridge.deliveries import Deliveries, Health, PendingRetry
 from bridge.events import encode
+from bridge.keys import store_key
 from bridge.sinks import DeliveryResult, Sink
-from bridge.store import Store, event_from_outbox
+from bridge.store import event_from_outbox
 from bridge.tasks import Supervisor, describe, finish
 
 log = structlog.get_logger(__name__)
@@ -317,7 +318,8 @@ class Dispatcher:
         elif result.retryable:
             health = await self.deliveries.health(sub.name)
             if health.failing_since and time.time() - health.failing_since > sub.disable_after:
-                reason = f"failing since {_ago(health.failing_since)}: {reason}"
+                ago = format_duration(time.time() - health.failing_since, human=True)
+                reason = f"failing since {ago} ago: {reason}"
                 await self._disable(sub.name, reason)
             else:
                 delay = retry_delay(sub.retry_schedule, attempt, result.retry_after)
@@ -348,14 +350,6 @@ class Dispatcher:
         return cached[1]
 
 
-def _ago(epoch: float) -> str:
-    seconds = max(0, int(time.time() - epoch))
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
-
-
 async def replay_since(
     redis: aioredis.Redis, config: BridgeConfig, sub: SubscriptionBase, since: float
 ) -> int:
@@ -363,7 +357,7 @@ async def replay_since(
     deliveries = Deliveries(redis)
     queued = 0
     for store in config.stores:
-        key = Store(redis, store.name).events_key
+        key = store_key(store.name, "events")
         cursor = f"{int(since * 1000)}-0"
         while entries := await redis.xrange(key, min=cursor, count=REPLAY_BATCH):
             events = [event_from_outbox(fields) for _entry_id, fields in entries]

@@ -6,15 +6,22 @@ import json
 import uuid
 from typing import Any
 
+from bridge.jobs import JobStatus
+
 # Fixed namespace: every replica of the bridge derives the same id for the same transition.
 _NAMESPACE = uuid.UUID("6f0b5d1e-8a53-4c1e-9a63-0c2f3b7e6a10")
 
-EVENT_STATUSES = ("pending", "started", "success", "failed", "cancelled", "stalled")
+EVENT_STATUSES = tuple(JobStatus)
 
 
 def event_id(store: str, source: str, job_id: str, status: str) -> str:
     """Same store, source, job and status give the same id, wherever it is computed."""
     return str(uuid.uuid5(_NAMESPACE, f"{store}/{source}/{job_id}/{status}"))
+
+
+def stalled_event_id(store: str, source: str, job_id: str, status: str) -> str:
+    """The id of a job's `stalled` event while it is in `status`: one per open phase."""
+    return event_id(store, source, job_id, f"{JobStatus.STALLED}-{status}")
 
 
 def event_type(source: str, status: str) -> str:

@@ -5,24 +5,36 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any, Literal, get_args
 
 Source = Literal["pcm", "v2"]
-SOURCES: tuple[Source, ...] = ("pcm", "v2")
+SOURCES: tuple[Source, ...] = get_args(Source)
 
-STATUSES = ("pending", "started", "success", "failed", "cancelled")
-TERMINAL = frozenset({"success", "failed", "cancelled"})
+
+class JobStatus(StrEnum):
+    """Every status the bridge names. A job has one of the first five; STALLED names an event
+    only (a job still pending or started for too long), never what the API says of a job."""
+
+    PENDING = "pending"
+    STARTED = "started"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    STALLED = "stalled"
+
+
+STATUSES = tuple(status for status in JobStatus if status is not JobStatus.STALLED)
+TERMINAL = frozenset({JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED})
+# Where each status stands in a job's life: a job never moves to a lower rank.
+RANK = {JobStatus.PENDING: 0, JobStatus.STARTED: 1, **dict.fromkeys(TERMINAL, 2)}
 # Status words seen across docs, SDKs and specs, lower-cased, mapped to the five above.
 _STATUS_WORDS = {
-    "pending": "pending",
-    "started": "started",
-    "processing": "started",
-    "success": "success",
-    "complete": "success",
-    "completed": "success",
-    "failed": "failed",
-    "cancelled": "cancelled",
-    "canceled": "cancelled",
+    **{status.value: status for status in STATUSES},
+    "processing": JobStatus.STARTED,
+    "complete": JobStatus.SUCCESS,
+    "completed": JobStatus.SUCCESS,
+    "canceled": JobStatus.CANCELLED,
 }
 
 _TIMESTAMP = re.compile(
@@ -89,7 +101,7 @@ def now_iso() -> str:
     return format_timestamp(datetime.now(UTC)) or ""
 
 
-def normalise_status(value: Any) -> str:
+def normalise_status(value: Any) -> JobStatus:
     if not isinstance(value, str) or not value:
         raise ValueError(f"status must be a non-empty string, got {value!r}")
     status = _STATUS_WORDS.get(value.strip().lower())
@@ -105,7 +117,7 @@ class Job:
     id: str
     source: Source
     type: str
-    status: str
+    status: JobStatus
     created_at: datetime | None
     updated_at: datetime | None
     started_at: datetime | None = None
@@ -140,7 +152,7 @@ class Job:
 
     def file_locations(self) -> list[str]:
         """Where a finished export's files are, when the API says so."""
-        if self.status != "success":
+        if self.status != JobStatus.SUCCESS:
             return []
         if self.source == "pcm":
             locations = self.meta.get("file_locations")

@@ -1,11 +1,9 @@
 """Redis state of the bridge: job states, open jobs, the outbox, and the Lua that keeps them atomic.
 
-Keys of one store share the hash tag `{<store>}` so every script touches one cluster slot:
-  jb:{s}:jobs    hash    "<source>:<job id>" -> "status|version|seq|stalled"
-  jb:{s}:open    zset    non-terminal jobs, score = stall reference (ms since epoch)
-  jb:{s}:meta    hash    baseline:<source>, full_scan:<source>, count:<source>, ...
-  jb:{s}:events  stream  the outbox: one entry per event, consumer group `dispatch`
-  jb:{s}:analytics:<minute>  hash  finished jobs' counts and durations (bridge/analytics.py)
+The keys of one store (bridge.keys) share the hash tag `{<store>}`, so every script touches
+one cluster slot. A job's record in `jobs`: open "status|version|seq|stalled", finished
+"status||seq|minute" (minute of its last activity; forgotten a retention after it, see
+`forget_finished`).
 """
 
 from __future__ import annotations
@@ -20,8 +18,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from bridge.analytics import JobAnalytics, newly_finished
-from bridge.events import build_event, event_id
-from bridge.jobs import Job, now_iso
+from bridge.events import build_event, event_id, stalled_event_id
+from bridge.jobs import RANK, STATUSES, TERMINAL, Job, now_iso
+from bridge.keys import store_key
 
 # Compare-and-set of one job's state; appends an event to the outbox when the status changed.
 OBSERVE = """
@@ -42,21 +41,41 @@ local store = ARGV[9]
 local source = ARGV[10]
 local job_json = ARGV[11]
 local extra_json = ARGV[12]
+local finished_minute = ARGV[13]    -- a finished job's last activity (minutes), "" while open
+local marker = ARGV[14]             -- meta field that must exist, "" for none
 
-local rank = {pending = 0, started = 1, success = 2, failed = 2, cancelled = 2}
+-- A Redis that lost its data (restart without persistence, FLUSHDB) has no marker: write
+-- nothing, so that the poller notices and recovers instead of recording changes silently.
+if marker ~= '' and redis.call('HEXISTS', meta_key, marker) == 0 then
+  return {'lost', 0, ''}
+end
+
+-- A finished job's record needs no version (nothing it says later changes it) but carries
+-- the minute it finished, for retention: 8 bytes per record less in Redis's allocator.
+local function state(seq, stalled)
+  if finished_minute ~= '' then
+    return status .. '||' .. seq .. '|' .. finished_minute
+  end
+  return status .. '|' .. version_text .. '|' .. seq .. '|' .. stalled
+end
+
+local rank = RANKS                  -- bridge.jobs.RANK: the lifecycle order
 local stored = redis.call('HGET', jobs_key, member)
 local prev_status = ''
 local seq = 0
 if stored then
   local s, v, q, t = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-  local stored_version = tonumber(v)
   seq = tonumber(q)
+  if v == '' then
+    return {s == status and 'unchanged' or 'stale', seq, s}
+  end
+  local stored_version = tonumber(v)
   if version < stored_version then
     return {'stale', seq, s}
   end
   if s == status then
     if version > stored_version then
-      redis.call('HSET', jobs_key, member, status .. '|' .. version_text .. '|' .. seq .. '|' .. t)
+      redis.call('HSET', jobs_key, member, state(seq, t))
     end
     return {'unchanged', seq, s}
   end
@@ -71,7 +90,7 @@ if stored then
 else
   redis.call('HINCRBY', meta_key, 'count:' .. source, 1)
   if silent then
-    redis.call('HSET', jobs_key, member, status .. '|' .. version_text .. '|0|0')
+    redis.call('HSET', jobs_key, member, state(0, '0'))
     if open_score ~= '' then
       redis.call('ZADD', open_key, open_score, member)
     end
@@ -80,7 +99,7 @@ else
 end
 
 seq = seq + 1
-redis.call('HSET', jobs_key, member, status .. '|' .. version_text .. '|' .. seq .. '|0')
+redis.call('HSET', jobs_key, member, state(seq, '0'))
 if open_score ~= '' then
   redis.call('ZADD', open_key, open_score, member)
 else
@@ -90,6 +109,24 @@ redis.call('XADD', events_key, 'MINID', '~', min_id, '*',
   'id', event_id, 'store', store, 'source', source, 'status', status,
   'prev', prev_status, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', extra_json)
 return {'emitted', seq, prev_status}
+""".replace("RANKS", "{" + ", ".join(f"{status} = {RANK[status]}" for status in STATUSES) + "}")
+
+# Finished jobs' records past retention: each (member, value read, replacement) is applied
+# only if the record still holds that value; an empty replacement deletes it.
+FORGET = """
+local jobs_key = KEYS[1]
+local forgotten = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', jobs_key, ARGV[i]) == ARGV[i + 1] then
+    if ARGV[i + 2] == '' then
+      redis.call('HDEL', jobs_key, ARGV[i])
+      forgotten = forgotten + 1
+    else
+      redis.call('HSET', jobs_key, ARGV[i], ARGV[i + 2])
+    end
+  end
+end
+return forgotten
 """
 
 # One `stalled` event for a job still in `expected` status; the flag resets on a status change.
@@ -128,9 +165,10 @@ OUTBOX_LAG_CAP = 100_000  # counting further than this (Redis < 7) costs more th
 @dataclass(frozen=True, slots=True)
 class StoredState:
     status: str
-    version: int
+    version: int  # 0 for a finished job's record (it keeps no version)
     sequence: int
     stalled: bool
+    finished_minute: int | None = None  # a finished job's last activity, minutes since epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +192,21 @@ class Outcome:
 def parse_state(raw: str | None) -> StoredState | None:
     if raw is None:
         return None
-    status, version, sequence, stalled = raw.split("|")
-    return StoredState(status, int(version), int(sequence), stalled == "1")
+    status, version, sequence, flag = raw.split("|")
+    if not version:  # finished: "status||seq|minute"
+        return StoredState(status, 0, int(sequence), False, int(flag))
+    return StoredState(status, int(version), int(sequence), flag == "1")
+
+
+def last_activity(job: Job) -> float | None:
+    """The latest of the job's timestamps (seconds since the epoch): when it last changed."""
+    stamps = (job.created_at, job.updated_at, job.started_at, job.completed_at)
+    known = [stamp.timestamp() for stamp in stamps if stamp is not None]
+    return max(known) if known else None
+
+
+def _minute(seconds: float) -> int:
+    return int(seconds // 60)
 
 
 class Store:
@@ -167,14 +218,14 @@ class Store:
         self.redis = redis
         self.name = name
         self.outbox_retention = outbox_retention
-        prefix = f"jb:{{{name}}}"
-        self.jobs_key = f"{prefix}:jobs"
-        self.open_key = f"{prefix}:open"
-        self.meta_key = f"{prefix}:meta"
-        self.events_key = f"{prefix}:events"
+        self.jobs_key = store_key(name, "jobs")
+        self.open_key = store_key(name, "open")
+        self.meta_key = store_key(name, "meta")
+        self.events_key = store_key(name, "events")
         self.analytics = JobAnalytics(redis, name)
         self._observe = redis.register_script(OBSERVE)
         self._stall = redis.register_script(STALL)
+        self._forget = redis.register_script(FORGET)
 
     def _min_id(self) -> str:
         return str(int((time.time() - self.outbox_retention) * 1000))
@@ -186,8 +237,14 @@ class Store:
         raw = await self.redis.hmget(self.jobs_key, [f"{source}:{i}" for i in job_ids])
         return [parse_state(r) for r in raw]
 
-    async def observe(self, observations: Iterable[Observation]) -> list[Outcome]:
-        """Run the observe script for each observation, pipelined; each one is atomic."""
+    async def observe(
+        self, observations: Iterable[Observation], *, marker: str = ""
+    ) -> list[Outcome]:
+        """Run the observe script for each observation, pipelined; each one is atomic.
+
+        With `marker` (a meta field), an observation made after Redis lost that field writes
+        nothing and comes back `lost`.
+        """
         observations = list(observations)
         if not observations:
             return []
@@ -197,7 +254,7 @@ class Store:
             for obs in observations:
                 await self._observe(
                     keys=[self.jobs_key, self.open_key, self.events_key, self.meta_key],
-                    args=self._observe_args(obs, observed_at, min_id),
+                    args=[*self._observe_args(obs, observed_at, min_id), marker],
                     client=pipe,
                 )
             replies = await pipe.execute()
@@ -231,6 +288,7 @@ class Store:
             job.source,
             json.dumps(job.to_dict(), separators=(",", ":")),
             json.dumps(extra, separators=(",", ":")),
+            _minute(last_activity(job) or time.time()) if job.terminal else "",
         ]
 
     async def mark_stalled(self, job: Job) -> bool:
@@ -240,7 +298,7 @@ class Store:
             args=[
                 f"{job.source}:{job.id}",
                 job.status,
-                event_id(self.name, job.source, job.id, f"stalled-{job.status}"),
+                stalled_event_id(self.name, job.source, job.id, job.status),
                 now_iso(),
                 self._min_id(),
                 self.name,
@@ -260,6 +318,35 @@ class Store:
         """A job the API no longer knows (404): stop watching it, keep its history."""
         await self.redis.zrem(self.open_key, f"{source}:{job_id}")
 
+    async def forget_finished(self, source: str, before: float, *, batch: int = 1000) -> int:
+        """Delete the records of `source`'s jobs that finished before `before` (epoch seconds).
+
+        One HSCAN pass, a compare-and-delete per batch: cheap enough to run every hour.
+        Records written before they carried their finishing minute get this minute (their
+        retention starts now). Returns how many records were forgotten.
+        """
+        cutoff = _minute(before)
+        now = _minute(time.time())
+        forgotten = 0
+        cursor = 0
+        while True:
+            cursor, entries = await self.redis.hscan(
+                self.jobs_key, cursor, match=f"{source}:*", count=batch
+            )
+            changes: list[str] = []
+            for member, raw in entries.items():
+                state = parse_state(raw)
+                if state is None or state.status not in TERMINAL:
+                    continue
+                if state.finished_minute is None:
+                    changes += [member, raw, f"{state.status}||{state.sequence}|{now}"]
+                elif state.finished_minute < cutoff:
+                    changes += [member, raw, ""]
+            if changes:
+                forgotten += int(await self._forget(keys=[self.jobs_key], args=changes))
+            if cursor == 0:
+                return forgotten
+
     async def get_meta(self, field: str) -> str | None:
         return await self.redis.hget(self.meta_key, field)
 
@@ -268,6 +355,9 @@ class Store:
 
     async def set_meta(self, **fields: str | int | float) -> None:
         await self.redis.hset(self.meta_key, mapping={k: str(v) for k, v in fields.items()})
+
+    async def delete_meta(self, *fields: str) -> None:
+        await self.redis.hdel(self.meta_key, *fields)
 
     async def known_count(self, source: str) -> int:
         return int(await self.get_meta(f"count:{source}") or 0)

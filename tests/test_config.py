@@ -17,16 +17,16 @@ from bridge.config import (
     BridgeConfig,
     ConfigError,
     Filter,
-    NatsSubscription,
-    RabbitMQSubscription,
-    RedisStreamSubscription,
-    SlackSubscription,
     Status,
-    WebhookSubscription,
     load_config,
     parse_config,
     parse_duration,
 )
+from bridge.sinks.nats import NatsSubscription
+from bridge.sinks.rabbitmq import RabbitMQSubscription
+from bridge.sinks.redis_stream import RedisStreamSubscription
+from bridge.sinks.slack import SlackSubscription
+from bridge.sinks.webhook import WebhookSubscription
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "example.yaml"

@@ -22,8 +22,8 @@ from structlog.testing import capture_logs
 
 from bridge.events import build_event, encode, event_id
 from bridge.sinks import DeliveryResult
-from bridge.sinks.slack import SlackSink
-from bridge.sinks.slack_messages import (
+from bridge.sinks.slack import SlackSink, SlackSubscription
+from bridge.sinks.slack.render import (
     COLOURS,
     NEUTRAL_COLOUR,
     JobView,
@@ -403,7 +403,7 @@ async def test_digest_left_over_at_shutdown_is_sent_on_start(
 
 async def test_digest_send_retries_5xx_and_429(slack: Slack, sink_for: SinkFactory) -> None:
     sink = await sink_for("bot", group_threshold=0, group_window=0.3)
-    sink.digest_backoff = (0.05, 0.05, 0.05)
+    sink.digest.backoff = (0.05, 0.05, 0.05)
     ratelimited = {"ok": False, "error": "ratelimited"}
     # A 429 asking for 1 s is waited out inside the call, then answered by the fake again.
     slack.fake.faults = [Fault(500), Fault(503), Fault(429, ratelimited, {"Retry-After": "1"})]
@@ -417,7 +417,7 @@ async def test_digest_that_keeps_failing_is_logged_and_counted(
     slack: Slack, sink_for: SinkFactory, redis_client: aioredis.Redis
 ) -> None:
     sink = await sink_for("webhook", group_threshold=0, group_window=0.2)
-    sink.digest_backoff = (0.02, 0.02)
+    sink.digest.backoff = (0.02, 0.02)
     slack.fake.faults = [Fault(500)] * 3
     with capture_logs() as logs:
         for n in range(2):
@@ -679,16 +679,15 @@ async def test_private_address_is_refused_by_the_guard(slack: Slack, sink_for: S
         ({}, "set webhook_url (incoming webhook) or token + channel (bot)"),
         ({"webhook_url": "https://hooks.slack.com/x", "token": "xoxb-1"}, "not both"),
         ({"token": "xoxb-1"}, "channel is required with token (bot mode)"),
-        ({"webhook_url": "ftp://hooks.slack.com/x"}, "only http and https URLs"),
-        ({"webhook_url": "https://h.example/x", "link_template": "{job}"}, "link_template may use"),
+        ({"webhook_url": "ftp://hooks.slack.com/x"}, "must be a URL starting with http://"),
+        ({"webhook_url": "https://h.example/x", "link_template": "{job}"}, "unknown placeholder"),
         (
             {"webhook_url": "https://h.example/x", "link_template": "jobs/{job_id}"},
-            "link_template:",
+            "must be a URL starting with http://",
         ),
     ],
 )
-async def test_constructor_refuses_bad_settings(
-    kwargs: dict[str, Any], message: str, redis_client: aioredis.Redis
-) -> None:
+def test_constructor_refuses_bad_settings(kwargs: dict[str, Any], message: str) -> None:
+    # The subscription's model is where settings are checked; the sink is built from it.
     with pytest.raises(ValueError, match=re.escape(message)):
-        SlackSink("bad", redis_client, **kwargs)
+        SlackSubscription(name="bad", **kwargs)

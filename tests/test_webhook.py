@@ -21,7 +21,7 @@ from bridge import __version__
 from bridge.events import build_event, encode
 from bridge.httpclient import make_session
 from bridge.sinks import DeliveryResult
-from bridge.sinks.webhook import WebhookSink
+from bridge.sinks.webhook import WebhookSink, WebhookSubscription
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -405,14 +405,15 @@ async def test_reasons_and_logs_never_hold_a_secret(
 @pytest.mark.parametrize(
     ("url", "secrets", "message"),
     [
-        ("ftp://example.com/hook", [SECRET_A], "only http and https"),
-        ("https://example.com/hook", [], "at least one secret"),
-        ("https://example.com/hook", ["whsec_"], "secrets[0] is empty"),
+        ("ftp://example.com/hook", [SECRET_A], "must be a URL starting with http://"),
+        ("https://example.com/hook", [], "at least 1 item"),
+        ("https://example.com/hook", ["whsec_"], "has no key after 'whsec_'"),
     ],
 )
 def test_bad_configuration_is_refused_up_front(url: str, secrets: list[str], message: str) -> None:
+    # The subscription's model is where settings are checked; the sink is built from it.
     with pytest.raises(ValueError) as refused:
-        WebhookSink("bad", url, secrets)
+        WebhookSubscription(name="bad", url=url, secrets=secrets)
     assert message in str(refused.value)
 
 

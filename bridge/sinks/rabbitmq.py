@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
-import aio_pika
-import structlog
-from aio_pika.abc import (
-    AbstractExchange,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-    DeliveryMode,
-)
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, ProbableAuthenticationError
+from bridge.config.subscription import SubscriptionBase
+from bridge.config.types import DEFAULT_TIMEOUT, NonEmptyStr, url
+from bridge.sinks.base import BrokerSink, DeliveryResult, SinkContext
 
-from bridge.logs import redact_text, register_secrets
-from bridge.sinks import DeliveryResult, LinkState, elapsed_ms
-
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    import aio_pika
+    from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
 # Structured mode: the body is the whole CloudEvent (AMQP protocol binding, section 3.2).
 CONTENT_TYPE = "application/cloudevents+json"
@@ -31,7 +21,15 @@ CONTENT_TYPE = "application/cloudevents+json"
 _HEADER_ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "time")
 # Seconds between the robust connection's reconnect attempts: events wait while it is down.
 RECONNECT_INTERVAL = 1.0
-_REASON_MAX = 300
+DEFAULT_EXCHANGE = "ep-jobs"
+
+
+class RabbitMQSubscription(SubscriptionBase):
+    """Publish of each event to a durable topic exchange."""
+
+    type: Literal["rabbitmq"] = "rabbitmq"
+    url: Annotated[str, url("amqp", "amqps")]
+    exchange: NonEmptyStr = DEFAULT_EXCHANGE
 
 
 def routing_key(event: dict[str, Any]) -> str:
@@ -42,114 +40,87 @@ def routing_key(event: dict[str, Any]) -> str:
     return ".".join(str(part or "").replace(".", "_") or "_" for part in parts)
 
 
-class RabbitMQSink:
+class _Link(NamedTuple):
+    connection: AbstractRobustConnection
+    channel: AbstractRobustChannel
+    exchange: AbstractExchange
+
+
+class RabbitMQSink(BrokerSink[_Link]):
     """Publishes each event persistently; a delivery succeeds once the broker confirms it."""
+
+    broker = "RabbitMQ"
+    default_ports = {"amqp": 5672, "amqps": 5671}
+    requires = ("aio_pika",)
 
     def __init__(
         self,
         name: str,
         url: str,
         *,
-        exchange: str = "ep-jobs",
-        timeout: float = 15.0,
+        exchange: str = DEFAULT_EXCHANGE,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("amqp", "amqps"):
-            raise ValueError("url must start with amqp:// or amqps://")
-        if not exchange:
-            raise ValueError("exchange must not be empty (the default exchange does not route)")
-        self.name = name
-        self._url = url
-        default_port = 5671 if parts.scheme == "amqps" else 5672
-        self._where = f"{parts.hostname or 'localhost'}:{parts.port or default_port}"
-        if parts.password:
-            register_secrets([parts.password, unquote(parts.password)])
+        super().__init__(name, url, timeout=timeout, exchange=exchange)
         self._exchange_name = exchange
-        self._timeout = timeout
-        self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
-        self._exchange: AbstractExchange | None = None
-        self._connect_lock = asyncio.Lock()
-        self._closing = False
-        self._log = log.bind(subscription=name, broker=self._where, exchange=exchange)
-        self._link = LinkState(self._log)
 
-    async def start(self) -> None:
-        self._closing = False
-        # The broker may be down at start: _connect() has logged it, and deliver() connects
-        # once it is back.
-        with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-            await self._open()
+    @classmethod
+    def from_config(cls, config: RabbitMQSubscription, context: SinkContext) -> RabbitMQSink:
+        return cls(config.name, config.url, exchange=config.exchange, timeout=config.timeout)
 
-    async def close(self) -> None:
-        self._closing = True
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = self._channel = self._exchange = None
+    def errors(self) -> tuple[type[BaseException], ...]:
+        from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-    async def deliver(self, event: dict[str, Any], body: bytes) -> DeliveryResult:
-        event_id = str(event["id"])
-        key = routing_key(event)
-        started = time.perf_counter()
+        return tuple(CONNECTION_EXCEPTIONS)
+
+    async def send(
+        self, event: dict[str, Any], body: bytes, details: dict[str, Any]
+    ) -> DeliveryResult:
+        details["routing_key"] = key = routing_key(event)
         reason = await self._publish(_message(event, body), key)
-        result = DeliveryResult(ok=not reason, reason=reason, duration_ms=elapsed_ms(started))
-        self._log.debug(
-            "delivery_attempted",
-            event_id=event_id,
-            routing_key=key,
-            ok=result.ok,
-            reason=reason or None,
-            duration_ms=result.duration_ms,
-        )
-        return result
+        return DeliveryResult(ok=not reason, reason=reason)
 
     async def _publish(self, message: aio_pika.Message, key: str) -> str:
         """Empty once the broker confirmed the message, else why it did not."""
+        from aio_pika.exceptions import DeliveryError
+
         try:
-            connection, channel, exchange = await self._open()
-        except CONNECTION_EXCEPTIONS as exc:
-            return self._failure(exc)
-        if not connection.connected.is_set():
+            link = await self.client()
+        except self.errors() as exc:
+            return self.failure(exc)
+        if not link.connection.connected.is_set():
             # The robust connection is reconnecting; publishing would wait for it.
-            return f"not connected to RabbitMQ at {self._where} (reconnecting)"
+            return f"not connected to RabbitMQ at {self.where} (reconnecting)"
         try:
-            async with asyncio.timeout(self._timeout):
-                await channel.ready()  # channel and exchange restored after a reconnect
+            async with asyncio.timeout(self.timeout):
+                await link.channel.ready()  # channel and exchange restored after a reconnect
                 # mandatory=False: an event nobody has bound a queue for is not an error.
-                await exchange.publish(message, key, mandatory=False, timeout=self._timeout)
+                await link.exchange.publish(message, key, mandatory=False, timeout=self.timeout)
         except DeliveryError as exc:
             # Basic.Nack or Basic.Reject: the broker could not take responsibility for it.
             frame = type(exc.frame).__name__
-            return f"RabbitMQ at {self._where} did not accept the message ({frame})"
+            return f"RabbitMQ at {self.where} did not accept the message ({frame})"
         except TimeoutError:
-            return f"no publisher confirm from RabbitMQ at {self._where} within {self._timeout} s"
-        except CONNECTION_EXCEPTIONS as exc:
-            return self._failure(exc)
+            return f"no publisher confirm from RabbitMQ at {self.where} within {self.timeout} s"
+        except self.errors() as exc:
+            return self.failure(exc)
         return ""
 
-    async def _open(
-        self,
-    ) -> tuple[AbstractRobustConnection, AbstractRobustChannel, AbstractExchange]:
-        """Connection, channel and exchange, made on first use; aio-pika restores them after."""
-        async with self._connect_lock:
-            if self._connection is None or self._channel is None or self._exchange is None:
-                self._connection, self._channel, self._exchange = await self._connect()
-            return self._connection, self._channel, self._exchange
+    async def connect(self) -> _Link:
+        """Connection, channel and exchange; aio-pika restores them after a reconnect."""
+        import aio_pika
 
-    async def _connect(
-        self,
-    ) -> tuple[AbstractRobustConnection, AbstractRobustChannel, AbstractExchange]:
         try:
             connection = await aio_pika.connect_robust(
-                self._url,
-                timeout=self._timeout,
+                self.url,
+                timeout=self.timeout,
                 reconnect_interval=RECONNECT_INTERVAL,
                 client_properties={"connection_name": f"jobs-bridge {self.name}"},
             )
-        except CONNECTION_EXCEPTIONS as exc:
-            self._link.set(False, self._failure(exc))
+        except self.errors() as exc:
+            self.link.set(False, self.failure(exc))
             raise
-        self._link.set(True)
+        self.link.set(True)
         try:
             channel = await connection.channel(publisher_confirms=True)
             # Declared (and re-declared on every reconnect by aio-pika) so that publishing
@@ -158,36 +129,41 @@ class RabbitMQSink:
                 self._exchange_name,
                 aio_pika.ExchangeType.TOPIC,
                 durable=True,
-                timeout=self._timeout,
+                timeout=self.timeout,
             )
         except BaseException as exc:
             await connection.close()
-            if isinstance(exc, CONNECTION_EXCEPTIONS):
+            if isinstance(exc, self.errors()):
                 # Connected, but the exchange cannot be used (declared with another type, no
                 # permission): start over on the next delivery, after the operator fixed it.
-                self._log.warning("exchange_declare_failed", reason=self._failure(exc))
+                self.log.warning("exchange_declare_failed", reason=self.failure(exc))
             raise
         connection.close_callbacks.add(self._on_connection_closed)
         connection.reconnect_callbacks.add(self._on_reconnected)
-        return connection, channel, exchange
+        return _Link(connection, channel, exchange)
+
+    async def disconnect(self, client: _Link) -> None:
+        await client.connection.close()
 
     def _on_connection_closed(self, _connection: Any, exc: BaseException | None = None) -> None:
-        if not self._closing:
-            reason = self._failure(exc) if exc is not None else "connection closed"
-            self._link.set(False, reason)
+        if not self.closing:
+            reason = self.failure(exc) if exc is not None else "connection closed"
+            self.link.set(False, reason)
 
     def _on_reconnected(self, _connection: Any) -> None:
-        self._link.set(True)
+        self.link.set(True)
 
-    def _failure(self, exc: BaseException) -> str:
+    def failure(self, exc: BaseException) -> str:
+        from aio_pika.exceptions import ProbableAuthenticationError
+
         if isinstance(exc, ProbableAuthenticationError):
-            return f"RabbitMQ at {self._where} refused the login (check user and password)"
-        detail = str(exc) or type(exc).__name__
-        text = f"RabbitMQ at {self._where} failed ({type(exc).__name__}: {detail})"
-        return redact_text(text)[:_REASON_MAX]
+            return f"RabbitMQ at {self.where} refused the login (check user and password)"
+        return super().failure(exc)
 
 
 def _message(event: dict[str, Any], body: bytes) -> aio_pika.Message:
+    import aio_pika
+
     headers: dict[str, Any] = {
         f"cloudEvents:{name}": str(event[name])
         for name in _HEADER_ATTRIBUTES
@@ -196,7 +172,7 @@ def _message(event: dict[str, Any], body: bytes) -> aio_pika.Message:
     return aio_pika.Message(
         body,
         content_type=CONTENT_TYPE,
-        delivery_mode=DeliveryMode.PERSISTENT,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=str(event["id"]),
         timestamp=_timestamp(event.get("time")),
         type=str(event.get("type") or ""),

@@ -4,120 +4,128 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any, Literal
 
-import redis.asyncio as aioredis
-import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from pydantic import Field
 
-from bridge.logs import redact_text, register_secrets
-from bridge.sinks import DeliveryResult, LinkState, elapsed_ms
+from bridge.config.subscription import SubscriptionBase
+from bridge.config.types import DEFAULT_TIMEOUT, NonEmptyStr, RedisUrl
+from bridge.sinks.base import BrokerSink, DeliveryResult, SinkContext, capped
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
-_REASON_MAX = 300
+DEFAULT_STREAM = "ep-jobs"
+DEFAULT_MAXLEN = 100_000
 
 
-class RedisStreamSink:
+class RedisStreamSubscription(SubscriptionBase):
+    """XADD of each event to a Redis stream."""
+
+    type: Literal["redis_stream"] = "redis_stream"
+    url: RedisUrl
+    stream: NonEmptyStr = DEFAULT_STREAM
+    maxlen: int | None = Field(DEFAULT_MAXLEN, ge=1)
+
+
+class RedisStreamSink(BrokerSink["aioredis.Redis"]):
     """Appends each event to one stream, trimmed to about `maxlen` entries.
 
     Delivery is at-least-once: an XADD that timed out may still have run, and the retry
     appends the event again. Each entry carries the event `id`, which consumers dedupe on.
     """
 
+    broker = "Redis"
+    default_ports = {"redis": 6379, "rediss": 6379}
+
     def __init__(
         self,
         name: str,
         url: str,
         *,
-        stream: str = "ep-jobs",
-        maxlen: int | None = 100_000,
-        timeout: float = 15.0,
+        stream: str = DEFAULT_STREAM,
+        maxlen: int | None = DEFAULT_MAXLEN,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        if not stream:
-            raise ValueError("stream must not be empty")
-        if maxlen is not None and maxlen < 1:
-            raise ValueError("maxlen must be at least 1, or None for no trimming")
-        self.name = name
-        self._url = url
-        self._where = _where(url)
-        register_secrets(_credentials(url))
+        super().__init__(name, url, timeout=timeout, stream=stream)
         self._stream = stream
         self._maxlen = maxlen
-        self._timeout = timeout
-        self._client: aioredis.Redis | None = None
-        self._log = log.bind(subscription=name, broker=self._where, stream=stream)
-        self._link = LinkState(self._log)
+
+    @classmethod
+    def from_config(cls, config: RedisStreamSubscription, context: SinkContext) -> RedisStreamSink:
+        return cls(
+            config.name,
+            config.url,
+            stream=config.stream,
+            maxlen=config.maxlen,
+            timeout=config.timeout,
+        )
+
+    def errors(self) -> tuple[type[BaseException], ...]:
+        from redis.exceptions import RedisError
+
+        return (RedisError, OSError)
+
+    async def connect(self) -> aioredis.Redis:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        return aioredis.Redis.from_url(
+            self.url,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            # One immediate retry replaces a pooled connection that died while Redis
+            # restarted; the library default (backoff, 3 retries) would hold a delivery
+            # for seconds against a Redis that is really down.
+            retry=Retry(NoBackoff(), 1),
+        )
+
+    async def disconnect(self, client: aioredis.Redis) -> None:
+        await client.aclose()
 
     async def start(self) -> None:
-        if self._client is None:
-            self._client = aioredis.Redis.from_url(
-                self._url,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                # One immediate retry replaces a pooled connection that died while Redis
-                # restarted; the library default (backoff, 3 retries) would hold a delivery
-                # for seconds against a Redis that is really down.
-                retry=Retry(NoBackoff(), 1),
-            )
-        # The target may be down at start: say so, and let deliver() connect when it is back.
+        await super().start()
+        # The target may be down at start: say so, and let deliver() use it when it is back.
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._client.ping()
-        except (RedisError, OSError) as exc:
-            self._link.set(False, _failure(exc, self._where))
+            async with asyncio.timeout(self.timeout):
+                await (await self.client()).ping()
+        except self.errors() as exc:
+            self.link.set(False, self.failure(exc))
         else:
-            self._link.set(True)
+            self.link.set(True)
 
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+    async def send(
+        self, event: dict[str, Any], body: bytes, details: dict[str, Any]
+    ) -> DeliveryResult:
+        from redis.exceptions import ResponseError
 
-    async def deliver(self, event: dict[str, Any], body: bytes) -> DeliveryResult:
-        if self._client is None:
-            raise RuntimeError(f"redis_stream sink {self.name!r} used before start()")
-        event_id = str(event["id"])
-        entry_id: bytes | None = None
-        started = time.perf_counter()
+        client = await self.client()
         try:
             # The client's own timeouts bound each socket operation; this bounds the whole
             # attempt, retry included.
-            async with asyncio.timeout(self._timeout):
-                entry_id = await self._client.xadd(
+            async with asyncio.timeout(self.timeout):
+                entry_id = await client.xadd(
                     self._stream,
                     _fields(event, body),
                     maxlen=self._maxlen,
                     approximate=True,  # MAXLEN ~ trims whole macro nodes: cheap
                 )
         except TimeoutError:
-            reason = f"Redis at {self._where} did not answer within {self._timeout} s"
-            result = DeliveryResult(ok=False, reason=reason, duration_ms=elapsed_ms(started))
-            self._link.set(False, reason)
+            reason = f"Redis at {self.where} did not answer within {self.timeout} s"
+            self.link.set(False, reason)
+            return DeliveryResult(ok=False, reason=reason)
         except ResponseError as exc:
             # Redis answered (WRONGTYPE, OOM, NOPERM, ...): the connection itself is fine.
-            reason = redact_text(f"Redis at {self._where} refused XADD: {exc}")[:_REASON_MAX]
-            result = DeliveryResult(ok=False, reason=reason, duration_ms=elapsed_ms(started))
-        except (RedisError, OSError) as exc:
-            reason = _failure(exc, self._where)
-            result = DeliveryResult(ok=False, reason=reason, duration_ms=elapsed_ms(started))
-            self._link.set(False, reason)
-        else:
-            result = DeliveryResult(ok=True, duration_ms=elapsed_ms(started))
-            self._link.set(True)
-        self._log.debug(
-            "delivery_attempted",
-            event_id=event_id,
-            entry_id=entry_id.decode() if entry_id else None,
-            ok=result.ok,
-            reason=result.reason or None,
-            duration_ms=result.duration_ms,
-        )
-        return result
+            reason = capped(f"Redis at {self.where} refused XADD: {exc}")
+            return DeliveryResult(ok=False, reason=reason)
+        except self.errors() as exc:
+            reason = self.failure(exc)
+            self.link.set(False, reason)
+            return DeliveryResult(ok=False, reason=reason)
+        self.link.set(True)
+        details["entry_id"] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        return DeliveryResult(ok=True)
 
 
 def _fields(event: dict[str, Any], body: bytes) -> dict[str, str | bytes]:
@@ -131,22 +139,3 @@ def _fields(event: dict[str, Any], body: bytes) -> dict[str, str | bytes]:
         "data": json.dumps(event.get("data"), separators=(",", ":"), ensure_ascii=False),
         "event": body,  # the exact bytes every other sink sends
     }
-
-
-def _where(url: str) -> str:
-    """host:port (or the socket path) of a Redis URL, never its credentials."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return parts.path
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-
-
-def _credentials(url: str) -> list[str]:
-    password = urlsplit(url).password
-    return [password, unquote(password)] if password else []
-
-
-def _failure(exc: BaseException, where: str) -> str:
-    """One sentence naming the error; redis-py's messages name host and port, not passwords."""
-    detail = str(exc) or type(exc).__name__
-    return redact_text(f"Redis at {where} failed ({type(exc).__name__}: {detail})")[:_REASON_MAX]

@@ -7,39 +7,52 @@ import binascii
 import hashlib
 import hmac
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import aiohttp
-import structlog
-import yarl
+from pydantic import AfterValidator, Field, SecretStr
 
-from bridge.httpclient import (
-    AddressRefused,
-    check_url,
-    describe_connection_failure,
-    make_session,
-    parse_retry_after,
-    read_excerpt,
-    status_text,
-)
-from bridge.logs import redact_text, register_secrets
-from bridge.sinks import DeliveryResult, elapsed_ms
+from bridge.config.subscription import SubscriptionBase
+from bridge.config.types import DEFAULT_TIMEOUT, HttpUrl
+from bridge.logs import register_secrets
+from bridge.sinks.base import DeliveryResult, SinkContext
+from bridge.sinks.http import Answer, HttpSink
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    import aiohttp
 
 _SECRET_PREFIX = "whsec_"
 
 
-def _secret_key(secret: str, index: int) -> bytes:
-    # Same decoding as the standardwebhooks package, so any secret it accepts signs here too.
-    encoded = secret.removeprefix(_SECRET_PREFIX)
+def _check_secret(value: SecretStr) -> SecretStr:
+    secret = value.get_secret_value()
+    if not secret.startswith(_SECRET_PREFIX):
+        raise ValueError("must start with 'whsec_' (Standard Webhooks format: whsec_ + base64)")
     try:
-        key = base64.b64decode(encoded + "==", validate=False)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"secrets[{index}] is not base64 after '{_SECRET_PREFIX}'") from exc
+        key = base64.b64decode(secret.removeprefix(_SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        raise ValueError(
+            "must be 'whsec_' followed by valid base64 (Standard Webhooks format)"
+        ) from None
     if not key:
-        raise ValueError(f"secrets[{index}] is empty")
-    return key
+        raise ValueError("has no key after 'whsec_'")
+    return value
+
+
+WebhookSecret = Annotated[SecretStr, AfterValidator(_check_secret)]
+
+
+class WebhookSubscription(SubscriptionBase):
+    """HTTP POST of each event, signed the Standard Webhooks way."""
+
+    type: Literal["webhook"] = "webhook"
+    url: HttpUrl
+    secrets: Annotated[list[WebhookSecret], Field(min_length=1)]
+    allow_private_networks: bool | None = None
+
+
+def _secret_key(secret: str) -> bytes:
+    # Same decoding as the standardwebhooks package, so any secret it accepts signs here too.
+    return base64.b64decode(secret.removeprefix(_SECRET_PREFIX) + "==", validate=False)
 
 
 def sign(keys: list[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
@@ -51,7 +64,7 @@ def sign(keys: list[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
     )
 
 
-class WebhookSink:
+class WebhookSink(HttpSink):
     """POSTs each event to one URL, signed with every configured secret."""
 
     def __init__(
@@ -60,37 +73,30 @@ class WebhookSink:
         url: str,
         secrets: list[str],
         *,
-        timeout: float = 15.0,
+        timeout: float = DEFAULT_TIMEOUT,
         allow_private_networks: bool = False,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        check_url(url)
-        if not secrets:
-            raise ValueError("at least one secret is required")
-        self.name = name
-        self._url = yarl.URL(url)
-        self._keys = [_secret_key(secret, i) for i, secret in enumerate(secrets)]
+        super().__init__(
+            name, timeout=timeout, allow_private_networks=allow_private_networks, session=session
+        )
+        self._url = url
+        self._keys = [_secret_key(secret) for secret in secrets]
         register_secrets(secrets)
-        self._timeout = timeout
-        self._allow_private_networks = allow_private_networks
-        self._session = session
-        self._owns_session = session is None
-        self._log = log.bind(subscription=name)
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = make_session(
-                allow_private_networks=self._allow_private_networks, timeout=self._timeout
-            )
+    @classmethod
+    def from_config(cls, config: WebhookSubscription, context: SinkContext) -> WebhookSink:
+        return cls(
+            config.name,
+            config.url,
+            [secret.get_secret_value() for secret in config.secrets],
+            timeout=config.timeout,
+            allow_private_networks=context.allow_private_networks,
+        )
 
-    async def close(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def deliver(self, event: dict[str, Any], body: bytes) -> DeliveryResult:
-        if self._session is None:
-            raise RuntimeError(f"webhook sink {self.name!r} used before start()")
+    async def send(
+        self, event: dict[str, Any], body: bytes, details: dict[str, Any]
+    ) -> DeliveryResult:
         msg_id = str(event["id"])
         timestamp = int(time.time())
         headers = {
@@ -99,68 +105,37 @@ class WebhookSink:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(self._keys, msg_id, timestamp, body),
         }
-        started = time.perf_counter()
-        try:
-            async with self._session.post(
-                self._url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                excerpt = redact_text(await read_excerpt(response))
-                result = self._judge(response, excerpt, started)
-        except AddressRefused as exc:
-            result = DeliveryResult(
-                ok=False, reason=exc.reason, retryable=False, duration_ms=elapsed_ms(started)
-            )
-        except TimeoutError:  # aiohttp's timeouts all derive from it
-            result = DeliveryResult(
-                ok=False,
-                reason=f"timed out after {self._timeout} s",
-                duration_ms=elapsed_ms(started),
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            result = DeliveryResult(
-                ok=False,
-                reason=describe_connection_failure(exc, self._url),
-                duration_ms=elapsed_ms(started),
-            )
-        self._log.debug(
-            "delivery_attempted",
-            event_id=msg_id,
-            status=result.status,
-            ok=result.ok,
-            reason=result.reason or None,
-            duration_ms=result.duration_ms,
-        )
-        return result
+        answer = await self.post(self._url, body, headers)
+        if isinstance(answer, DeliveryResult):
+            details["status"] = None
+            return answer
+        details["status"] = answer.status
+        return self._judge(answer)
 
-    def _judge(
-        self, response: aiohttp.ClientResponse, excerpt: str, started: float
-    ) -> DeliveryResult:
-        status = response.status
-        common: dict[str, Any] = {
-            "status": status,
-            "response_excerpt": excerpt,
-            "duration_ms": elapsed_ms(started),
-        }
+    def _judge(self, answer: Answer) -> DeliveryResult:
+        status = answer.status
+        common: dict[str, Any] = {"status": status, "response_excerpt": answer.excerpt}
         if 200 <= status < 300:
             return DeliveryResult(ok=True, **common)
         if status == 410:
             reason = "receiver answered 410 Gone"
             return DeliveryResult(ok=False, reason=reason, retryable=False, disable=True, **common)
         if 300 <= status < 400:
-            target = self._redirect_host(response.headers.get("location"))
+            target = self._redirect_host(answer.headers.get("location"))
             reason = f"redirects are not followed (got {status} to {target})"
         else:
             # Other 4xx are retried too: receivers get misconfigured and fixed again, and the
             # retry schedule with disable_after bounds the cost.
-            reason = f"receiver answered {status_text(status)}"
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        return DeliveryResult(ok=False, reason=reason, retry_after=retry_after, **common)
+            reason = f"receiver answered {answer.status_text}"
+        return DeliveryResult(ok=False, reason=reason, retry_after=answer.retry_after, **common)
 
     def _redirect_host(self, location: str | None) -> str:
         # The host only: a Location's path or query may carry a token.
+        import yarl
+
         if not location:
             return "no location"
         try:
-            return self._url.join(yarl.URL(location)).host or "an unreadable location"
+            return yarl.URL(self._url).join(yarl.URL(location)).host or "an unreadable location"
         except ValueError:
             return "an unreadable location"

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.jobs import parse_timestamp
+from bridge.config.types import format_duration
+from bridge.jobs import JobStatus, parse_timestamp
 
 # Slack's Block Kit limits (api.slack.com/reference/block-kit/blocks): a message that breaks
 # one is refused whole (invalid_blocks), so every piece of text is cut to fit before sending.
@@ -24,19 +25,19 @@ BUTTON_URL_MAX = 3000
 TEXT_MAX = 1000
 
 COLOURS = {
-    "failed": "#d40e0d",  # danger
-    "success": "#2eb886",  # good
-    "stalled": "#daa038",  # warning
-    "cancelled": "#daa038",
+    JobStatus.FAILED: "#d40e0d",  # danger
+    JobStatus.SUCCESS: "#2eb886",  # good
+    JobStatus.STALLED: "#daa038",  # warning
+    JobStatus.CANCELLED: "#daa038",
 }
 NEUTRAL_COLOUR = "#dddddd"  # Slack's own default bar: pending / started say nothing is wrong
 EMOJI = {
-    "pending": ":hourglass_flowing_sand:",
-    "started": ":arrows_counterclockwise:",
-    "success": ":white_check_mark:",
-    "failed": ":x:",
-    "cancelled": ":no_entry_sign:",
-    "stalled": ":warning:",
+    JobStatus.PENDING: ":hourglass_flowing_sand:",
+    JobStatus.STARTED: ":arrows_counterclockwise:",
+    JobStatus.SUCCESS: ":white_check_mark:",
+    JobStatus.FAILED: ":x:",
+    JobStatus.CANCELLED: ":no_entry_sign:",
+    JobStatus.STALLED: ":warning:",
 }
 
 MAIN_ERRORS_BOT = 5  # the rest are in the thread reply
@@ -46,6 +47,8 @@ THREAD_SECTIONS = 10
 ERROR_CHARS = 300  # one error message; longer ones are rarely more helpful, only longer
 VALUE_CHARS = 300  # one field value (ids, names, timestamps)
 DIGEST_LINES = 15
+# A job link is what people click; Slack's preview card of it would only add noise.
+NO_UNFURL = {"unfurl_links": False, "unfurl_media": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,33 +182,21 @@ def render_digest(
     """One message for many failures: counts by job type, then the first few, then '… and N'."""
     entries = sorted(entries, key=lambda e: float(e.get("t") or 0))
     count = len(entries)
-    statuses = Counter(str(e.get("status")) for e in entries)
-    verb = {frozenset({"failed"}): "failed", frozenset({"stalled"}): "stalled"}.get(
-        frozenset(statuses), "failed or stalled"
+    kinds = {str(e.get("status")) for e in entries}
+    verb = (
+        kinds.pop() if kinds in ({JobStatus.FAILED}, {JobStatus.STALLED}) else "failed or stalled"
     )
     first = float(entries[0].get("t") or now) if entries else now
     # On time it covers the window; flushed late (after a restart) it covers more.
     span = window if now - first <= window + 10 else now - first
-    title = (
-        f":rotating_light: {count} job{'s' if count != 1 else ''} {verb} in the last {_human(span)}"
-    )
+    last = format_duration(span, human=True)
+    title = f":rotating_light: {count} job{'s' if count != 1 else ''} {verb} in the last {last}"
     by_type = Counter(str(e.get("job_type")) for e in entries).most_common()
     shown = by_type if len(by_type) <= FIELDS_MAX else by_type[: FIELDS_MAX - 1]
     fields = [_field(t, str(n)) for t, n in shown]
     if len(shown) < len(by_type):
         fields.append(_field("Other types", str(sum(n for _, n in by_type[len(shown) :]))))
-    lines = []
-    for e in entries[:DIGEST_LINES]:
-        job_id = _mrkdwn(str(e.get("job_id")), 100)
-        link = link_for(e)
-        shown_id = f"<{link}|{job_id}>" if link else f"`{job_id}`"
-        line = f"• {_mrkdwn(str(e.get('job_type')), 100)} {shown_id}"
-        line += f" ({_mrkdwn(str(e.get('store')), 100)}/{_escape(str(e.get('source'))[:10])})"
-        if e.get("status") != "failed":
-            line += f" {_escape(str(e.get('status'))[:20])}"
-        if e.get("error"):
-            line += f": {_mrkdwn(str(e['error']), ERROR_CHARS)}"
-        lines.append(line)
+    lines = [_digest_line(e, link_for(e)) for e in entries[:DIGEST_LINES]]
     blocks: list[dict[str, Any]] = [_header(title), {"type": "section", "fields": fields}]
     blocks += [_section(t) for t in _pack("", lines, count, max_sections=1)]
     blocks.append(
@@ -215,7 +206,7 @@ def render_digest(
                 {
                     "type": "mrkdwn",
                     "text": f"jobs-bridge · grouped because more than {threshold} jobs failed "
-                    f"or stalled within {_human(window)}",
+                    f"or stalled within {format_duration(window, human=True)}",
                 }
             ],
         }
@@ -224,10 +215,21 @@ def render_digest(
     text = f"{title.removeprefix(':rotating_light: ')}: {summary}"
     return {
         "text": _mrkdwn(text, TEXT_MAX),
-        "attachments": [{"color": COLOURS["failed"], "blocks": blocks}],
-        "unfurl_links": False,
-        "unfurl_media": False,
+        "attachments": [{"color": COLOURS[JobStatus.FAILED], "blocks": blocks}],
+        **NO_UNFURL,
     }
+
+
+def _digest_line(entry: Mapping[str, Any], link: str | None) -> str:
+    job_id = _mrkdwn(str(entry.get("job_id")), 100)
+    shown_id = f"<{link}|{job_id}>" if link else f"`{job_id}`"
+    line = f"• {_mrkdwn(str(entry.get('job_type')), 100)} {shown_id}"
+    line += f" ({_mrkdwn(str(entry.get('store')), 100)}/{_escape(str(entry.get('source'))[:10])})"
+    if entry.get("status") != JobStatus.FAILED:
+        line += f" {_escape(str(entry.get('status'))[:20])}"
+    if entry.get("error"):
+        line += f": {_mrkdwn(str(entry['error']), ERROR_CHARS)}"
+    return line
 
 
 def _header(text: str) -> dict[str, Any]:
@@ -286,13 +288,13 @@ def _duration_fact(view: JobView) -> tuple[str, str]:
     started = _parse(view.started_at)
     ended = _parse(view.completed_at)
     if started and ended:
-        return "Duration", _human((ended - started).total_seconds())
-    if view.status == "stalled":
+        return "Duration", format_duration((ended - started).total_seconds(), human=True)
+    if view.status == JobStatus.STALLED:
         since = started or _parse(view.created_at)
         observed = _parse(view.time)
         if since and observed:
             label = "Running for" if started else "Waiting for"
-            return label, _human((observed - since).total_seconds())
+            return label, format_duration((observed - since).total_seconds(), human=True)
     return "Duration", ""
 
 
@@ -311,20 +313,6 @@ def _parse(value: str | None) -> datetime | None:
     except ValueError:
         return None
     return moment.astimezone(UTC) if moment else None
-
-
-def _human(seconds: float) -> str:
-    if seconds < 0:
-        return "0 s"
-    if seconds < 10:
-        return f"{seconds:.3g} s"
-    total = round(seconds)
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
-        if total >= size or (unit == "s" and not parts):
-            parts.append(f"{total // size} {unit}")
-            total %= size
-    return " ".join(parts[:2])
 
 
 def _plain(text: str) -> str:

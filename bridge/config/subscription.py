@@ -1,0 +1,60 @@
+"""What every subscription has, whatever its destination: name, filter, retries, timeouts.
+
+Each sink module defines its own subscription model on this base (bridge.sinks.registry).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from bridge.config.types import (
+    DAY,
+    DEFAULT_RETRY_SCHEDULE,
+    DEFAULT_TIMEOUT,
+    Duration,
+    Model,
+    PositiveDuration,
+    Status,
+    SubscriptionName,
+)
+from bridge.jobs import Source
+
+
+class Filter(Model):
+    """Which events a subscription receives; an omitted key matches everything."""
+
+    stores: list[str] | None = None
+    sources: list[Source] | None = None
+    job_types: list[str] | None = None
+    statuses: list[Status] | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("must not be empty (leave the key out to match everything)")
+        return value
+
+    def matches(self, store: str, source: str, job_type: str, status: str) -> bool:
+        return all(
+            allowed is None or value in allowed
+            for allowed, value in (
+                (self.stores, store),
+                (self.sources, source),
+                (self.job_types, job_type),
+                (self.statuses, status),
+            )
+        )
+
+
+class SubscriptionBase(Model):
+    """What every subscription has, whatever its destination."""
+
+    name: SubscriptionName
+    type: str
+    filter: Filter = Field(default_factory=Filter)
+    retry_schedule: list[Duration] = Field(default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE))
+    timeout: PositiveDuration = DEFAULT_TIMEOUT
+    disable_after: PositiveDuration = 5 * DAY
+    concurrency: int = Field(10, ge=1, le=100)
+    enabled: bool = True
