@@ -16,11 +16,12 @@ from bridge.config import BridgeConfig
 from bridge.dispatcher import Dispatcher
 from bridge.elasticpath import ElasticPathClient
 from bridge.embedded import EmbeddedRedis
+from bridge.metrics import Metrics
 from bridge.poller import Poller, PollSettings
 from bridge.sinks.base import SinkContext
 from bridge.sinks.registry import build_sink
 from bridge.store import Store
-from bridge.tasks import Supervisor
+from bridge.tasks import LoopState, Supervisor
 
 log = structlog.get_logger(__name__)
 
@@ -73,10 +74,13 @@ class Bridge:
     ) -> None:
         self.config = config
         self.redis = redis
+        self.metrics = Metrics()
         self.stores = {
             s.name: Store(redis, s.name, outbox_retention=config.outbox_retention)
             for s in config.stores
         }
+        for store in self.stores.values():
+            store.analytics.observers.append(self.metrics.observe_job)
         self.clients = {
             s.name: ElasticPathClient(
                 s.api_base,
@@ -110,9 +114,14 @@ class Bridge:
                 if sub.enabled
             },
             claim_idle=claim_idle,
+            on_attempt=self.metrics.observe_delivery,
         )
         # Every loop of this process, the dispatcher's own included: what /readyz reports.
         self.supervisor = Supervisor(children=[self.dispatcher.supervisor])
+
+    def loop_states(self) -> list[LoopState]:
+        """Every background loop of this process and whether it runs (/readyz, /metrics)."""
+        return self.supervisor.states()
 
     async def run(self, stop: asyncio.Event) -> None:
         for p in self.pollers:
