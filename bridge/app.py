@@ -19,11 +19,12 @@ from bridge.dispatcher import Dispatcher
 from bridge.elasticpath import ElasticPathClient
 from bridge.embedded import EmbeddedRedis
 from bridge.live import Live, deliverable
+from bridge.metrics import Metrics
 from bridge.poller import Poller, PollSettings
 from bridge.sinks.base import Sink, SinkContext
 from bridge.sinks.registry import build_sink
 from bridge.store import Store
-from bridge.tasks import Supervisor
+from bridge.tasks import LoopState, Supervisor
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +83,7 @@ class Bridge:
         # The config file's, with the API's subscriptions once bridge.live has read them.
         self.config = config
         self.redis = redis
+        self.metrics = Metrics()
         self.stores: dict[str, Store] = {}
         self.clients: dict[str, ElasticPathClient] = {}
         self.pollers: list[Poller] = []
@@ -99,6 +101,7 @@ class Bridge:
                 if sub.enabled
             },
             claim_idle=claim_idle,
+            on_attempt=self.metrics.observe_delivery,
             build_sink=self.sink_for,
         )
         # Every loop of this process, the dispatcher's own included: what /readyz reports.
@@ -113,6 +116,7 @@ class Bridge:
         """The Redis state, API client and pollers of one store (started by start_pollers)."""
         retention = config.outbox_retention
         self.stores[store.name] = Store(self.redis, store.name, outbox_retention=retention)
+        self.stores[store.name].analytics.observers.append(self.metrics.observe_job)
         self.clients[store.name] = client = ElasticPathClient(
             store.api_base,
             store.client_id,
@@ -146,6 +150,10 @@ class Bridge:
         self.pollers[:] = [p for p in self.pollers if p.store.name != name]
         await self.clients.pop(name).close()
         del self.stores[name]
+
+    def loop_states(self) -> list[LoopState]:
+        """Every background loop of this process and whether it runs (/readyz, /metrics)."""
+        return self.supervisor.states()
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop

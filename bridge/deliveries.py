@@ -105,6 +105,18 @@ class Health:
     last_error: str
 
 
+def _dead_letter(entry_id: str, fields: dict[str, str]) -> DeadLetter:
+    return DeadLetter(
+        entry_id=entry_id,
+        subscription=fields["subscription"],
+        event_id=fields["event_id"],
+        reason=fields["reason"],
+        attempts=int(fields["attempts"]),
+        failed_at=fields["failed_at"],
+        event=json.loads(fields["event"]),
+    )
+
+
 class Deliveries:
     """Delivery bookkeeping shared by every dispatcher, in Redis so it survives restarts."""
 
@@ -211,21 +223,25 @@ class Deliveries:
             entries = await self.redis.xrange(DEAD_LETTERS, entry_id, entry_id)
         else:
             entries = await self.redis.xrange(DEAD_LETTERS)
-        letters = [
-            DeadLetter(
-                entry_id=eid,
-                subscription=f["subscription"],
-                event_id=f["event_id"],
-                reason=f["reason"],
-                attempts=int(f["attempts"]),
-                failed_at=f["failed_at"],
-                event=json.loads(f["event"]),
-            )
-            for eid, f in entries
-        ]
+        letters = [_dead_letter(eid, f) for eid, f in entries]
         if subscription is not None:
             letters = [d for d in letters if d.subscription == subscription]
         return letters
+
+    async def latest_dead_letters(
+        self, count: int, subscription: str | None = None
+    ) -> list[DeadLetter]:
+        """The newest `count` dead letters (of one subscription), oldest first."""
+        found: list[DeadLetter] = []
+        cursor = "+"
+        while len(found) < count:
+            entries = await self.redis.xrevrange(DEAD_LETTERS, max=cursor, count=max(count, 100))
+            if not entries:
+                break
+            letters = (_dead_letter(eid, f) for eid, f in entries)
+            found += [d for d in letters if subscription in (None, d.subscription)]
+            cursor = "(" + entries[-1][0]
+        return found[:count][::-1]
 
     async def requeue(self, letters: list[DeadLetter]) -> int:
         """Move dead letters back onto the retry schedule, due now, attempt count reset."""

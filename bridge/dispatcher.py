@@ -72,6 +72,7 @@ class Dispatcher:
         block: float = 1.0,
         batch: int = 100,
         max_in_flight: int = 200,
+        on_attempt: Callable[[str, DeliveryResult], None] | None = None,
         build_sink: Callable[[SubscriptionBase], Sink] | None = None,
     ) -> None:
         self.redis = redis
@@ -83,6 +84,7 @@ class Dispatcher:
         self.claim_idle = claim_idle
         self.block = block
         self.batch = batch
+        self.on_attempt = on_attempt  # hears every attempt's result (metrics)
         self.stats: Counter[str] = Counter()  # outbox entries: routed, claimed
         self.counts: defaultdict[str, Counter[str]] = defaultdict(Counter)  # per subscription
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -306,6 +308,8 @@ class Dispatcher:
                 )
                 log.exception("sink_failed", subscription=sub.name, event_id=event["id"])
         await self.deliveries.record_attempt(sub.name, event["id"], attempt, result)
+        if self.on_attempt is not None:
+            self.on_attempt(sub.name, result)
         bound = log.bind(subscription=sub.name, event_id=event["id"], attempt=attempt)
         if result.ok:
             self.counts[sub.name]["delivered"] += 1

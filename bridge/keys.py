@@ -7,6 +7,7 @@ each Lua script and transaction then touches a single Redis Cluster slot.
   jb:{<store>}:open                 zset    non-terminal jobs, score = stall reference (ms)
   jb:{<store>}:meta                 hash    baseline:<source>, full_scan:<source>, count:<source>
   jb:{<store>}:events               stream  the outbox: one entry per event
+  jb:{<store>}:analytics:<minute>   hash    finished jobs' counts and durations (analytics.py)
   jb:retry                          zset    "<subscription>\\n<event id>" by due time (ms)
   jb:delivery:<sub>:<event id>      hash    the event and its attempt count, while retried
   jb:dlq                            stream  dead letters: subscription, event id, reason, event
@@ -30,7 +31,7 @@ SUBSCRIPTIONS_CHANNEL = "jb:subscriptions:changed"
 
 
 def store_key(store: str, kind: str) -> str:
-    """One of a store's keys: `jobs`, `open`, `meta` or `events`."""
+    """One of a store's keys: `jobs`, `open`, `meta`, `events` or `analytics:<minute>`."""
     return f"jb:{{{store}}}:{kind}"
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from bridge.analytics import JobAnalytics, newly_finished
 from bridge.events import build_event, event_id, stalled_event_id
 from bridge.jobs import RANK, STATUSES, TERMINAL, Job, now_iso
 from bridge.keys import store_key
@@ -221,6 +222,7 @@ class Store:
         self.open_key = store_key(name, "open")
         self.meta_key = store_key(name, "meta")
         self.events_key = store_key(name, "events")
+        self.analytics = JobAnalytics(redis, name)
         self._observe = redis.register_script(OBSERVE)
         self._stall = redis.register_script(STALL)
         self._forget = redis.register_script(FORGET)
@@ -256,7 +258,14 @@ class Store:
                     client=pipe,
                 )
             replies = await pipe.execute()
-        return [Outcome(str(r[0]), int(r[1]), str(r[2]) or None) for r in replies]
+        outcomes = [Outcome(str(r[0]), int(r[1]), str(r[2]) or None) for r in replies]
+        await self.analytics.record(
+            newly_finished(
+                (obs.job, out.result, out.previous_status)
+                for obs, out in zip(observations, outcomes, strict=True)
+            )
+        )
+        return outcomes
 
     def _observe_args(self, obs: Observation, observed_at: str, min_id: str) -> list[Any]:
         job = obs.job

@@ -77,6 +77,22 @@ class LocalCluster:
                     return int(parts[1].split(":")[1].split("@")[0])
         raise LookupError(f"no master serves slot {slot}")
 
+    def wait_replicated(self, port: int) -> None:
+        """Until the replicas of the master on `port` have every write it took (replication is
+        asynchronous: a master killed at once may take its last writes with it)."""
+
+        def caught_up() -> bool:
+            info = dict(
+                line.split(":", 1)
+                for line in _cli(port, "info", "replication").splitlines()
+                if ":" in line
+            )
+            offsets = [v for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()]
+            target = f"offset={info.get('master_repl_offset')},"
+            return bool(offsets) and all(target in v for v in offsets)
+
+        _wait(caught_up, f"the replicas of {port} to catch up")
+
     def stop(self) -> None:
         for port in list(self.processes):
             with contextlib.suppress(Exception):
@@ -108,13 +124,15 @@ def _synced(port: int) -> bool:
 def _free_ports() -> list[int]:
     """NODES consecutive ports whose cluster bus ports (+10000) are free too.
 
-    Random, so that two test runs on one machine do not meet on the same cluster.
+    Random, so that two test runs on one machine do not meet on the same cluster; below the
+    kernel's ephemeral range (32768 and up), where an outgoing connection may take a port
+    between the check and the bind.
     """
     if FIRST_PORT is not None:
         first = int(FIRST_PORT)
         return list(range(first, first + NODES))
     for _ in range(50):
-        first = random.randrange(20_000, 29_000)
+        first = random.randrange(20_000, 32_768 - 10_000 - NODES)
         ports = list(range(first, first + NODES))
         if not any(_port_open(p) or _port_open(p + 10_000) for p in ports):
             return ports
