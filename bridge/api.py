@@ -133,7 +133,9 @@ async def job_analytics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(document())
+    described = document()
+    api_subscriptions.describe(described)
+    return web.json_response(described)
 
 
 async def event_attempts(request: web.Request) -> web.Response:

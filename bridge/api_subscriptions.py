@@ -8,7 +8,8 @@ DELETE /subscriptions/{name}        204; 409 config file's; its retries and dead
 POST   /subscriptions/{name}/test   one `com.elasticpath.bridge.test` event through its sink
 
 A change is stored in Redis and applied here at once; every other bridge on that Redis
-applies it within seconds (bridge.live).
+applies it within seconds (bridge.live). Refusals are the API's JSON errors (bridge.apiguard);
+`describe` adds these endpoints to the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from bridge.apiguard import ApiError
 from bridge.catalog import API, EntryInvalid, Subscriptions, parse_entry
+from bridge.openapi import NULLABLE_NUMBER, NULLABLE_STRING, TIMESTAMP, array, obj, ref
+from bridge.sinks.registry import SINKS
 from bridge.subscription_view import subscription_view, subscription_views
 from bridge.testevent import send_test
 
@@ -41,24 +45,25 @@ def add_routes(app: web.Application, bridge: Bridge) -> None:
     app.router.add_post("/subscriptions/{name}/test", test_subscription)
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 async def _current(bridge: Bridge) -> Subscriptions:
     """Read fresh from Redis: a change made through another bridge shows at once."""
     _version, api = await bridge.live.catalog.subscriptions()
     return Subscriptions(bridge.live.file_config.subscriptions, api)
 
 
-def _config_owned(name: str) -> web.Response:
-    return _error(409, f"subscription {name!r} is defined in the config file; change it there")
-
-
-async def _find(request: web.Request) -> tuple[SubscriptionBase, str] | web.Response:
+async def _find(request: web.Request) -> tuple[SubscriptionBase, str]:
     name = request.match_info["name"]
     found = (await _current(request.app[BRIDGE])).get(name)
-    return found if found is not None else _error(404, f"no subscription named {name!r}")
+    if found is None:
+        raise ApiError(404, f"no subscription named {name!r}")
+    return found
+
+
+def _not_in_config_file(bridge: Bridge, name: str) -> None:
+    """The API may not change a subscription of the config file: 409."""
+    if any(sub.name == name for sub in bridge.live.file_config.subscriptions):
+        message = f"subscription {name!r} is defined in the config file; change it there"
+        raise ApiError(409, message)
 
 
 async def list_subscriptions(request: web.Request) -> web.Response:
@@ -69,8 +74,6 @@ async def list_subscriptions(request: web.Request) -> web.Response:
 
 async def get_subscription(request: web.Request) -> web.Response:
     found = await _find(request)
-    if isinstance(found, web.Response):
-        return found
     return web.json_response(await subscription_view(request.app[BRIDGE].redis, *found))
 
 
@@ -79,15 +82,14 @@ async def put_subscription(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     try:
         body: Any = await request.json()
-    except ValueError:
-        return _error(400, "the body must be JSON: one subscription entry")
-    if _in_config_file(bridge, name):
-        return _config_owned(name)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the body must be JSON: one subscription entry") from None
+    _not_in_config_file(bridge, name)
     stores = [store.name for store in bridge.live.file_config.stores]
     try:
         sub = parse_entry(name, body, stores)
     except EntryInvalid as exc:
-        return web.json_response({"errors": exc.to_json()}, status=422)
+        raise ApiError(422, f"invalid subscription: {exc}", exc.to_json()) from None
     created = await bridge.live.catalog.put(name, body)
     await bridge.live.refresh()
     log.info("subscription_stored", subscription=name, type=sub.type, created=created)
@@ -98,10 +100,9 @@ async def put_subscription(request: web.Request) -> web.Response:
 async def delete_subscription(request: web.Request) -> web.Response:
     bridge = request.app[BRIDGE]
     name = request.match_info["name"]
-    if _in_config_file(bridge, name):
-        return _config_owned(name)
+    _not_in_config_file(bridge, name)
     if not await bridge.live.catalog.delete(name):
-        return _error(404, f"no subscription named {name!r}")
+        raise ApiError(404, f"no subscription named {name!r}")
     await bridge.live.refresh()
     log.info("subscription_deleted", subscription=name)
     return web.Response(status=204)
@@ -109,13 +110,118 @@ async def delete_subscription(request: web.Request) -> web.Response:
 
 async def test_subscription(request: web.Request) -> web.Response:
     bridge = request.app[BRIDGE]
-    found = await _find(request)
-    if isinstance(found, web.Response):
-        return found
-    outcome = await send_test(bridge.redis, bridge.live.file_config, found[0])
+    sub, _origin = await _find(request)
+    outcome = await send_test(bridge.redis, bridge.live.file_config, sub)
     return web.json_response(asdict(outcome))
 
 
-def _in_config_file(bridge: Bridge, name: str) -> bool:
-    """The API may not change a subscription of the config file."""
-    return any(sub.name == name for sub in bridge.live.file_config.subscriptions)
+# -- the OpenAPI description ------------------------------------------------------------------
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ref(schema)}}}
+
+
+_NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+_REFUSED = {
+    "400": _json("Error", "the body is not JSON"),
+    "401": _json("Error", "missing or wrong bearer token"),
+    "403": _json("Error", "no token configured and the Host is not a loopback name"),
+    "404": _json("Error", "no such subscription"),
+}
+_CHANGES = {
+    "409": _json("Error", "a subscription of the config file: read-only here"),
+    "415": _json("Error", "content-type is not application/json"),
+}
+SCHEMAS: dict[str, Any] = {
+    "SubscriptionHealth": obj(
+        ["enabled", "disabled_reason", "last_success_at", "last_failure_at", "last_error"],
+        {
+            "enabled": {"type": "boolean"},
+            "disabled_reason": NULLABLE_STRING,
+            "last_success_at": TIMESTAMP,
+            "last_failure_at": TIMESTAMP,
+            "last_error": NULLABLE_STRING,
+            "failing_since": TIMESTAMP,
+            "retrying": {"type": "integer"},
+            "dead_letters": {"type": "integer"},
+        },
+    ),
+    "Subscription": obj(
+        ["name", "origin", "type", "health"],
+        {
+            "name": {"type": "string"},
+            "origin": {"enum": ["config", "api"]},
+            "type": {"enum": list(SINKS)},
+            "health": ref("SubscriptionHealth"),
+        },
+        description="Every setting of the entry (durations in seconds); secrets as ***",
+    ),
+    "Subscriptions": obj(["subscriptions"], {"subscriptions": array(ref("Subscription"))}),
+    "SubscriptionEntry": obj(
+        ["type"],
+        {"type": {"enum": list(SINKS)}},
+        description="One subscription entry of the config file, without its name",
+    ),
+    "TestOutcome": obj(
+        ["ok", "status", "duration_ms", "error"],
+        {
+            "ok": {"type": "boolean"},
+            "status": {"type": ["integer", "null"]},
+            "duration_ms": NULLABLE_NUMBER,
+            "error": NULLABLE_STRING,
+        },
+    ),
+}
+PATHS: dict[str, Any] = {
+    "/subscriptions": {
+        "get": {
+            "summary": "Every subscription, the config file's and the API's",
+            "responses": {"200": _json("Subscriptions", "config file's first"), **_REFUSED},
+        }
+    },
+    "/subscriptions/{name}": {
+        "get": {
+            "summary": "One subscription",
+            "parameters": _NAME,
+            "responses": {"200": _json("Subscription", "the subscription"), **_REFUSED},
+        },
+        "put": {
+            "summary": "Create or replace a subscription of the API",
+            "parameters": _NAME,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ref("SubscriptionEntry")}},
+            },
+            "responses": {
+                "200": _json("Subscription", "replaced"),
+                "201": _json("Subscription", "created"),
+                "422": _json("Error", "invalid: each problem with its path in `errors`"),
+                **_REFUSED,
+                **_CHANGES,
+            },
+        },
+        "delete": {
+            "summary": "Delete a subscription of the API (its attempts and dead letters stay)",
+            "parameters": _NAME,
+            "responses": {"204": {"description": "deleted"}, **_REFUSED, **_CHANGES},
+        },
+    },
+    "/subscriptions/{name}/test": {
+        "post": {
+            "summary": "Send one com.elasticpath.bridge.test event through its sink",
+            "parameters": _NAME,
+            "responses": {
+                "200": _json("TestOutcome", "what the attempt did"),
+                **_REFUSED,
+                "415": _CHANGES["415"],
+            },
+        }
+    },
+}
+
+
+def describe(document: dict[str, Any]) -> None:
+    """Add these endpoints and their schemas to the API's OpenAPI document."""
+    document["paths"].update(PATHS)
+    document["components"]["schemas"].update(SCHEMAS)

@@ -14,6 +14,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import jsonschema
 import nats
 import nats.js.errors
 from conftest import require_service
@@ -53,6 +54,12 @@ class Api:
         data = None if body is None else json.dumps(body)
         async with self.http.request(method, self.base + path, data=data, headers=headers) as r:
             return r.status, await r.text()
+
+    async def conforms(self, body: Any, schema: str) -> None:
+        """`body` is what /openapi.json says a response of `schema` is."""
+        document = json.loads((await self.call("GET", "/openapi.json"))[1])
+        root = {"$ref": f"#/components/schemas/{schema}", "components": document["components"]}
+        jsonschema.Draft202012Validator(root).validate(body)
 
     async def put(self, name: str, entry: dict[str, Any]) -> tuple[int, Any]:
         status, text = await self.call("PUT", f"/subscriptions/{name}", entry)
@@ -145,6 +152,7 @@ async def test_invalid_entries_answer_422_with_the_path_of_each_problem(
             },
         )
         assert status == 422
+        await api.conforms(body, "Error")
         paths = {error["path"]: error["message"] for error in body["errors"]}
         assert set(paths) == {"url", "secrets[0]", "filter.statuses[0]", "colour"}
         assert "http://" in paths["url"] and "unknown key" in paths["colour"]
@@ -215,6 +223,7 @@ async def test_secrets_are_never_returned(aiohttp_server, redis_url, redis_clien
         for text in texts:
             for secret in [*secrets.values(), api.fixed.secret]:
                 assert secret not in text
+        await api.conforms(json.loads(listing), "Subscriptions")
         views = {view["name"]: view for view in json.loads(listing)["subscriptions"]}
         assert [views[name]["origin"] for name in ("fixed", *entries)] == ["config"] + ["api"] * 6
         assert views["hook"]["secrets"] == ["***", "***"]
@@ -234,6 +243,7 @@ async def test_test_event_is_signed_and_its_attempt_recorded(
         status, text = await api.call("POST", "/subscriptions/team/test")
         outcome = json.loads(text)
         assert status == 200
+        await api.conforms(outcome, "TestOutcome")
         assert outcome["ok"] is True and outcome["status"] == 204 and outcome["error"] is None
         assert outcome["duration_ms"] > 0
         [event] = receiver.events  # verified by standardwebhooks with the subscription's secret
