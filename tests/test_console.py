@@ -6,6 +6,7 @@ here). Outside CI a missing browser or Playwright skips these tests; in CI it fa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fnmatch
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from apikit import STORE, SUBSCRIPTION, Running, bridge_with_api
-from helpers import eventually
+from helpers import eventually, start_receiver
 
 from bridge import console
 
@@ -169,3 +170,51 @@ def test_every_console_file_ships_in_the_wheel_and_is_served():
     page = (package / "index.html").read_text()
     linked = set(re.findall(r'(?:src|href)="/console/([^"]+)"', page))
     assert linked <= set(console.ASSETS) and files == set(console.ASSETS) | {"index.html"}
+
+
+async def test_console_lists_subscriptions_with_their_origin_and_adds_a_webhook(
+    expect, aiohttp_server, redis_client, redis_url
+):
+    async with bridge_with_api(aiohttp_server, redis_client, redis_url) as running:
+        receiver = await start_receiver(aiohttp_server)
+        async with chromium_page(running) as (page, requests, problems):
+            await page.goto(running.base + "/")
+            await page.fill("#token", "let-me-in")
+            await page.click("#login-form button[type=submit]")
+            subscriptions = page.locator("#subscriptions")
+            await expect(subscriptions).to_contain_text("webhook · config", timeout=WAIT_MS)
+
+            await page.click("#add-webhook summary")
+            form = page.locator("#webhook-form")
+            await form.locator("[name=name]").fill("from-console")
+            await form.locator("[name=url]").fill("ftp://example.com/hook")
+            await form.locator("button[type=submit]").click()
+            await expect(page.locator("#webhook-result")).to_contain_text("url: must be a URL")
+
+            await form.locator("[name=url]").fill(receiver.url)
+            await form.locator("[name=statuses]").fill("pending, success")
+            await form.locator("[name=private]").check()
+            await form.locator("button[type=submit]").click()
+            secret = page.locator("#webhook-secret")
+            await expect(secret).to_contain_text("whsec_")
+            receiver.secret = await secret.text_content() or ""
+            row = subscriptions.locator("tr", has_text="from-console")
+            await expect(row).to_contain_text("webhook · api", timeout=WAIT_MS)
+            ARTIFACTS.mkdir(exist_ok=True)
+            await (
+                page.locator("#subscriptions")
+                .locator("..")
+                .screenshot(path=str(ARTIFACTS / "console-subscriptions.png"))
+            )
+
+            job_id = running.sim.create_job()  # signed with the secret the page showed
+            await eventually(lambda: (job_id, "pending") in receiver.received)
+            await row.get_by_role("button", name="Test").click()
+            await expect(page.locator("#toast")).to_contain_text("delivered (HTTP 204)")
+
+            page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+            await row.get_by_role("button", name="Delete").click()
+            await expect(row).to_have_count(0, timeout=WAIT_MS)
+            # Chromium logs the refused entry's 422 as a failed load: that one was the point.
+            problems[:] = [p for p in problems if "status of 422" not in p]
+            assert_stayed_home(running, requests, problems)

@@ -16,6 +16,7 @@
     minutes: 60,
     analytics: null,
     analyticsAt: 0,
+    origins: {}, // subscription name -> "config" | "api"
   };
   const $ = (id) => document.getElementById(id);
 
@@ -106,7 +107,8 @@
     )), "No store is configured.");
   }
 
-  function renderSubscriptions(subscriptions) {
+  function renderSubscriptions(subscriptions, origins) {
+    state.origins = origins;
     fillTable($("subscriptions"), [["Subscription"], ["State"], ["Backlog", "num"], ["Retrying", "num"],
       ["Dead", "num"], ["Last success"], ["Last failure"]], subscriptions.map((s) => {
       let pill = h("span", { class: "pill good" }, "enabled");
@@ -114,7 +116,12 @@
       else if (!s.enabled) pill = h("span", { class: "pill bad", title: s.disabled_reason || "" }, "disabled");
       else if (s.failing_since) pill = h("span", { class: "pill warn" }, "failing");
       return h("tr", null,
-        h("td", null, h("strong", null, s.name), h("span", { class: "sub" }, s.type)),
+        h("td", null, h("strong", null, s.name),
+          h("span", { class: "sub nowrap", title: "where it is defined" }, `${s.type} · ${origins[s.name] || "config"}`),
+          h("div", { class: "actions" },
+            h("button", { type: "button", title: "Send one test event", onclick: (e) => sendTest(s.name, e.currentTarget) }, "Test"),
+            origins[s.name] === "api"
+              ? h("button", { type: "button", onclick: (e) => remove(s.name, e.currentTarget) }, "Delete") : null)),
         h("td", null, pill, s.enabled ? null : h("span", { class: "sub reason", title: s.disabled_reason || "" }, s.disabled_reason || "")),
         h("td", { class: "num" }, s.backlog),
         h("td", { class: "num" }, s.retrying),
@@ -123,6 +130,71 @@
         h("td", null, ago(s.last_failure_at), s.last_error ? h("span", { class: "sub reason", title: s.last_error }, s.last_error) : null),
       );
     }), "No subscription is configured.");
+  }
+
+  // -- subscriptions through the API ---------------------------------------------------
+
+  async function sendTest(name, button) {
+    button.disabled = true;
+    try {
+      const outcome = await api(`/subscriptions/${encodeURIComponent(name)}/test`, { method: "POST", body: {} });
+      const status = outcome.status == null ? "" : ` (HTTP ${outcome.status})`;
+      const took = `${Math.round(outcome.duration_ms)} ms`;
+      toast(outcome.ok ? `Test event to ${name}: delivered${status} in ${took}.`
+        : `Test event to ${name} failed${status}: ${outcome.error}`);
+    } catch (error) {
+      handleError(error);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function remove(name, button) {
+    if (!window.confirm(`Delete the subscription ${name}? Its attempts and dead letters stay readable.`)) return;
+    button.disabled = true;
+    try {
+      await api(`/subscriptions/${encodeURIComponent(name)}`, { method: "DELETE" });
+      toast(`${name} deleted: nothing more is sent to it.`);
+      await refresh(true);
+    } catch (error) {
+      button.disabled = false;
+      handleError(error);
+    }
+  }
+
+  function newSecret() {
+    // Standard Webhooks format: whsec_ + base64 of random bytes.
+    return `whsec_${btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(24))))}`;
+  }
+
+  async function addWebhook(form) {
+    const data = new FormData(form);
+    const name = data.get("name").trim();
+    const secret = newSecret();
+    const entry = { type: "webhook", url: data.get("url").trim(), secrets: [secret] };
+    const statuses = data.get("statuses").split(",").map((word) => word.trim()).filter(Boolean);
+    if (statuses.length) entry.filter = { statuses };
+    if (data.get("private")) entry.allow_private_networks = true;
+    const result = $("webhook-result");
+    result.hidden = false;
+    try {
+      const answer = await api(`/subscriptions/${encodeURIComponent(name)}`, { method: "PUT", body: entry, okStatuses: [422] });
+      if (answer.errors) {
+        result.className = "result error";
+        result.replaceChildren("Not added:", h("ul", null, answer.errors.map((e) => h("li", null, `${e.path || "entry"}: ${e.message}`))));
+        return;
+      }
+      const verb = state.origins[name] === "api" ? "replaced" : "added";
+      result.className = "result";
+      result.replaceChildren(`${name} ${verb}. Its signing secret is shown only now: `,
+        h("code", { id: "webhook-secret" }, secret));
+      form.reset();
+      await refresh(true);
+    } catch (error) {
+      if (error instanceof Unauthorized) return handleError(error);
+      result.className = "result error";
+      result.textContent = `Not added: ${error.message}`;
+    }
   }
 
   function deliveryChips(deliveries) {
@@ -246,12 +318,14 @@
     if (state.busy || $("console").hidden || (!force && (state.paused || document.hidden))) return;
     state.busy = true;
     try {
-      const [status, events, dlq, ready] = await Promise.all([
+      const [status, events, dlq, ready, subscriptions] = await Promise.all([
         api("/status"), api("/events?count=60"), api("/dlq?count=100"), api("/readyz", { okStatuses: [503] }),
+        api("/subscriptions"),
       ]);
+      const origins = Object.fromEntries(subscriptions.subscriptions.map((s) => [s.name, s.origin]));
       renderReadiness(ready);
       renderPollers(status.pollers);
-      renderSubscriptions(status.subscriptions);
+      renderSubscriptions(status.subscriptions, origins);
       renderEvents(events.events);
       renderDeadLetters(dlq);
       if (force || Date.now() - state.analyticsAt > ANALYTICS_MS) await loadAnalytics();
@@ -307,6 +381,10 @@
     showConsole();
   });
   $("logout").addEventListener("click", () => showLogin(""));
+  $("webhook-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    addWebhook(event.currentTarget);
+  });
   $("pause").addEventListener("click", () => {
     state.paused = !state.paused;
     $("pause").textContent = state.paused ? "Resume" : "Pause";
