@@ -245,6 +245,8 @@ class Dispatcher:
             )
             self.counts[sub.name]["dead_lettered"] += 1
             return
+        if sub.name not in self.sinks:  # removed by apply() since the event was routed
+            return
         await self.attempt(sub, event, body, attempt=1)
 
     # -- retries -------------------------------------------------------------------------
@@ -293,9 +295,7 @@ class Dispatcher:
         `scheduled`: the delivery came off the retry schedule (a retry or a replay), whose
         entry must be cleared once it is done.
         """
-        sink = self.sinks.get(sub.name)
-        if sink is None:  # removed by apply() since the event was routed: not for it any more
-            return DeliveryResult(ok=False, reason="subscription removed", retryable=False)
+        sink = self.sinks[sub.name]
         async with self._per_subscription[sub.name]:
             started = time.perf_counter()
             try:
