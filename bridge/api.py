@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from bridge.deliveries import Deliveries
-from bridge.dispatcher import GROUP
+from bridge.outbox import outbox_status
 from bridge.status import read_status
 
 if TYPE_CHECKING:
@@ -109,7 +109,10 @@ async def metrics(request: web.Request) -> web.Response:
     lines += _family(
         "jobs_bridge_subscription_enabled", "gauge", "1 when enabled, 0 when disabled.", enabled
     )
-    outboxes = {name: await store.outbox_status(GROUP) for name, store in bridge.stores.items()}
+    outboxes = {
+        name: await outbox_status(bridge.redis, store.events_key)
+        for name, store in bridge.stores.items()
+    }
     lines += _family(
         "jobs_bridge_outbox_lag",
         "gauge",

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from bridge.api import make_api
 from bridge.config import BridgeConfig
+from bridge.deliveries import Bounds
 from bridge.dispatcher import Dispatcher
 from bridge.elasticpath import ElasticPathClient
 from bridge.embedded import EmbeddedRedis
@@ -97,19 +98,21 @@ class Bridge:
             redis,
             [store.events_key for store in self.stores.values()],
             config.subscriptions,
-            {
-                sub.name: build_sink(
-                    sub, SinkContext(redis, config.subscription_allows_private(sub))
-                )
-                for sub in config.subscriptions
-                if sub.enabled
-            },
+            build_sink=lambda sub: build_sink(
+                sub, SinkContext(redis, config.subscription_allows_private(sub))
+            ),
             claim_idle=claim_idle,
+            bounds=Bounds.from_config(config),
+            outbox_retention=config.outbox_retention,
+            outbox_max_entries=config.outbox_max_entries,
+            consumer_retention=config.consumer_retention,
         )
         # Every loop of this process, the dispatcher's own included: what /readyz reports.
         self.supervisor = Supervisor(children=[self.dispatcher.supervisor])
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Every subscription's consumer groups exist before the first event is emitted.
+        await self.dispatcher.prepare(stop)
         for p in self.pollers:
             self.supervisor.start(f"poller:{p.store.name}:{p.source}", p.run, stop)
         self.supervisor.start("dispatcher", self.dispatcher.run, stop)

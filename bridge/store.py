@@ -7,7 +7,6 @@ one cluster slot.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,11 +32,10 @@ local silent = ARGV[4] == "1"       -- baseline: record a job never seen before,
 local open_score = ARGV[5]          -- stall reference (ms) of an open job, "" once finished
 local event_id = ARGV[6]
 local observed_at = ARGV[7]
-local min_id = ARGV[8]              -- outbox entries older than this may be trimmed
-local store = ARGV[9]
-local source = ARGV[10]
-local job_json = ARGV[11]
-local extra_json = ARGV[12]
+local store = ARGV[8]
+local source = ARGV[9]
+local job_json = ARGV[10]
+local extra_json = ARGV[11]
 
 local rank = RANKS                  -- bridge.jobs.RANK: the lifecycle order
 local stored = redis.call('HGET', jobs_key, member)
@@ -82,7 +80,7 @@ if open_score ~= '' then
 else
   redis.call('ZREM', open_key, member)
 end
-redis.call('XADD', events_key, 'MINID', '~', min_id, '*',
+redis.call('XADD', events_key, '*',
   'id', event_id, 'store', store, 'source', source, 'status', status,
   'prev', prev_status, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', extra_json)
 return {'emitted', seq, prev_status}
@@ -96,10 +94,9 @@ local member = ARGV[1]
 local expected = ARGV[2]
 local event_id = ARGV[3]
 local observed_at = ARGV[4]
-local min_id = ARGV[5]
-local store = ARGV[6]
-local source = ARGV[7]
-local job_json = ARGV[8]
+local store = ARGV[5]
+local source = ARGV[6]
+local job_json = ARGV[7]
 
 local stored = redis.call('HGET', jobs_key, member)
 if not stored then
@@ -111,7 +108,7 @@ if s ~= expected or t == '1' then
 end
 local seq = tonumber(q) + 1
 redis.call('HSET', jobs_key, member, s .. '|' .. v .. '|' .. seq .. '|1')
-redis.call('XADD', events_key, 'MINID', '~', min_id, '*',
+redis.call('XADD', events_key, '*',
   'id', event_id, 'store', store, 'source', source, 'status', 'stalled',
   'prev', s, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', '{}')
 return {'emitted', seq}
@@ -170,9 +167,6 @@ class Store:
         self._observe = redis.register_script(OBSERVE)
         self._stall = redis.register_script(STALL)
 
-    def _min_id(self) -> str:
-        return str(int((time.time() - self.outbox_retention) * 1000))
-
     async def states(self, source: str, job_ids: Sequence[str]) -> list[StoredState | None]:
         """The stored state of each job, in order (None for never seen)."""
         if not job_ids:
@@ -186,18 +180,17 @@ class Store:
         if not observations:
             return []
         observed_at = now_iso()
-        min_id = self._min_id()
         async with self.redis.pipeline(transaction=False) as pipe:
             for obs in observations:
                 await self._observe(
                     keys=[self.jobs_key, self.open_key, self.events_key, self.meta_key],
-                    args=self._observe_args(obs, observed_at, min_id),
+                    args=self._observe_args(obs, observed_at),
                     client=pipe,
                 )
             replies = await pipe.execute()
         return [Outcome(str(r[0]), int(r[1]), str(r[2]) or None) for r in replies]
 
-    def _observe_args(self, obs: Observation, observed_at: str, min_id: str) -> list[Any]:
+    def _observe_args(self, obs: Observation, observed_at: str) -> list[Any]:
         job = obs.job
         open_score = "" if job.terminal else str(obs.stall_reference_ms or 0)
         extra: dict[str, Any] = {}
@@ -213,7 +206,6 @@ class Store:
             open_score,
             event_id(self.name, job.source, job.id, job.status),
             observed_at,
-            min_id,
             self.name,
             job.source,
             json.dumps(job.to_dict(), separators=(",", ":")),
@@ -229,7 +221,6 @@ class Store:
                 job.status,
                 stalled_event_id(self.name, job.source, job.id, job.status),
                 now_iso(),
-                self._min_id(),
                 self.name,
                 job.source,
                 json.dumps(job.to_dict(), separators=(",", ":")),

@@ -76,6 +76,23 @@ class Supervisor:
         """Every loop of this supervisor and of its children, in the order they were started."""
         return [*self._states.values(), *(s for c in self._children for s in c.states())]
 
+    def adopt(self, child: Supervisor) -> None:
+        """List `child`'s loops in `states()` too (a lane started while running)."""
+        if child not in self._children:
+            self._children.append(child)
+
+    def disown(self, child: Supervisor) -> None:
+        if child in self._children:
+            self._children.remove(child)
+
+    async def retire(self, name: str, grace: float) -> None:
+        """End one loop (its stop event already set) and forget it: removed on purpose, it
+        is not a dead loop to report."""
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            await finish([task], grace)
+        self._states.pop(name, None)
+
     async def finish(self, grace: float) -> None:
         """End every loop: `grace` seconds to see the (already set) stop event, then cancel."""
         tasks = list(self._tasks.values())

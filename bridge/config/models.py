@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validato
 from bridge.config.subscription import SubscriptionBase
 from bridge.config.types import (
     DAY,
+    HOUR,
     MINUTE,
     HttpUrl,
     Invalid,
@@ -20,6 +21,7 @@ from bridge.config.types import (
     NonEmptyStr,
     PositiveDuration,
     RedisUrl,
+    Retention,
     Secret,
     StoreName,
     format_duration,
@@ -151,7 +153,12 @@ class BridgeConfig(Model):
     subscriptions: list[Subscription] = Field(default_factory=list)
     api: ApiConfig | None = None
     allow_private_networks: bool = False
-    outbox_retention: PositiveDuration = 7 * DAY
+    outbox_retention: Retention = 7 * DAY
+    outbox_max_entries: int = Field(1_000_000, ge=1000)
+    dead_letter_retention: Retention = 30 * DAY
+    attempt_retention: Retention = 7 * DAY
+    attempt_log_max: int = Field(10_000, ge=100)
+    consumer_retention: Retention = HOUR
     log_level: str = "info"
 
     @field_validator("redis", "subscriptions", mode="before")
