@@ -164,6 +164,9 @@ class Lane:
             # end now; unacknowledged entries are taken again by the next run, or claimed.
             self.watch.forget(self._wake)
             await self.supervisor.finish(grace=LOOP_GRACE if stopped else 0)
+            if stopped:  # what was emitted before the stop is delivered within the drain too
+                with contextlib.suppress(Exception):
+                    await self._read_new()
             await finish(set(self._tasks), grace=DRAIN_SECONDS if stopped else 0)
             with contextlib.suppress(Exception):  # what was delivered is not sent again
                 await self._flush_acks()
@@ -203,22 +206,28 @@ class Lane:
     async def _consume_once(self) -> bool:
         if not await self._has_room():
             return True
-        room = self.window - len(self._tasks)
         assert self._wake is not None
         self._wake.clear()  # before the read: an entry added during it wakes the wait below
-        replies = await self._read({key: ">" for key in self.outbox_keys}, min(room, self.batch))
+        if await self._read_new():
+            return True
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=self.block)
+        except TimeoutError:
+            return True
+        # Read what woke us in this step: a stop meanwhile still lets it be delivered.
+        await self._read_new()
+        return True
+
+    async def _read_new(self) -> int:
+        """Read new entries, as many as there is room for; how many were taken."""
+        room = min(self.window - len(self._tasks), self.batch)
+        replies = await self._read({key: ">" for key in self.outbox_keys}, room)
         taken = 0
         for key, entries in replies:
             for entry_id, fields in entries:
                 self._take(key, entry_id, fields)
                 taken += 1
-        if taken:
-            return True
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout=self.block)
-        except TimeoutError:
-            pass
-        return True
+        return taken
 
     async def _has_room(self) -> bool:
         """True when another delivery may start; else wait until one ends (False)."""
