@@ -108,14 +108,17 @@ async def assert_fails_fast(sink: Sink, event: dict[str, Any]) -> DeliveryResult
     return result
 
 
-async def deliver_until_ok(sink: Sink, event: dict[str, Any]) -> list[DeliveryResult]:
-    """Deliver again and again, as the dispatcher's retries would, until one succeeds."""
+async def deliver_until_ok(
+    sink: Sink, event: dict[str, Any], done: Callable[[DeliveryResult], bool] | None = None
+) -> list[DeliveryResult]:
+    """Deliver again and again, as the dispatcher's retries would, until one succeeds (or is
+    `done`)."""
     results: list[DeliveryResult] = []
     deadline = time.monotonic() + RECOVERY_DEADLINE
     while time.monotonic() < deadline:
         result = await deliver(sink, event)
         results.append(result)
-        if result.ok:
+        if result.ok or (done is not None and done(result)):
             return results
         assert result.retryable, result.reason
         await asyncio.sleep(0.2)
@@ -454,14 +457,38 @@ async def test_rabbitmq_redeclares_a_deleted_exchange(
         result = await deliver(sink, make_event(1))
         assert not result.ok and result.retryable
         assert exchange_name in result.reason
-        # aio-pika reopens the channel, which declares the exchange again.
-        await deliver_until_ok(sink, make_event(2))
+        # aio-pika reopens the channel, which declares the exchange again: a message is then
+        # routed, nowhere yet (no queue bound), and comes back (mandatory).
+        await deliver_until_ok(sink, make_event(2), done=lambda r: "no queue bound" in r.reason)
         queue = await bound_queue(amqp_channel, exchange_name, "pcm.#")
         assert (await deliver(sink, event := make_event(3))).ok
     finally:
         await sink.close()
     message = await get_message(queue)
     assert message is not None and message.message_id == event["id"]
+
+
+async def test_rabbitmq_message_no_queue_takes_is_a_failed_delivery(
+    rabbitmq_url: str, amqp_channel: aio_pika.abc.AbstractChannel, exchange_name: str
+) -> None:
+    """mandatory: before, a message to an exchange with no bound queue was "delivered"."""
+    sink = RabbitMQSink("amqp", rabbitmq_url, exchange=exchange_name, timeout=SINK_TIMEOUT)
+    await sink.start()
+    try:
+        result = await assert_fails_fast(sink, make_event(1))
+        assert result.reason == (
+            f"RabbitMQ at {sink.where} returned it: no queue bound for "
+            "'pcm.product-import.failed' (NO_ROUTE)"
+        )
+        other = await bound_queue(amqp_channel, exchange_name, "v2.#")  # not for this one
+        assert not (await deliver(sink, make_event(2))).ok
+        queue = await bound_queue(amqp_channel, exchange_name, "pcm.#")
+        assert (await deliver(sink, event := make_event(3))).ok
+    finally:
+        await sink.close()
+    message = await get_message(queue)
+    assert message is not None and message.message_id == event["id"]
+    assert await get_message(other, wait=0.3) is None
 
 
 # --- NATS JetStream ---------------------------------------------------------------------
