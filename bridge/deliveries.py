@@ -279,7 +279,7 @@ class Deliveries:
     async def expire_dead_letters(self, subscription: str) -> None:
         """Drop dead letters older than their retention (also with none added lately)."""
         oldest = _ms(time.time() - self.bounds.dead_letters)
-        await self.redis.xtrim(dead_letters_key(subscription), minid=oldest, approximate=True)
+        await self.redis.xtrim(dead_letters_key(subscription), minid=oldest, approximate=False)
 
     async def requeue(self, letters: list[DeadLetter]) -> int:
         """Move dead letters back onto the retry schedule, due now, attempt count reset."""
