@@ -109,6 +109,9 @@ def new_job(status: str = "failed", job_type: str = "product-import") -> Job:
     )
 
 
+JOB_OF: dict[str, str] = {}  # event id -> job id, of every event emitted here
+
+
 async def emit(
     redis: aioredis.Redis, count: int = 1, status: str = "failed", **job: Any
 ) -> list[str]:
@@ -116,4 +119,6 @@ async def emit(
     jobs = [new_job(status, **job) for _ in range(count)]
     outcomes = await Store(redis, STORE).observe(Observation(j) for j in jobs)
     assert [o.result for o in outcomes] == ["emitted"] * count
-    return [event_id(STORE, "pcm", j.id, status) for j in jobs]
+    ids = [event_id(STORE, "pcm", j.id, status) for j in jobs]
+    JOB_OF.update(zip(ids, (j.id for j in jobs), strict=True))
+    return ids
