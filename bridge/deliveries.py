@@ -18,10 +18,13 @@ import redis.asyncio as aioredis
 from bridge.jobs import now_iso
 from bridge.keys import (
     LANES,
+    LEGACY_DEAD_LETTERS,
+    LEGACY_RETRY,
     attempts_key,
     dead_letters_key,
     delivery_key,
     health_key,
+    legacy_delivery_key,
     retry_key,
 )
 from bridge.sinks import DeliveryResult
@@ -293,6 +296,28 @@ class Deliveries:
                 dead_letter_ids=[letter.entry_id for letter in group],
             )
         return len(letters)
+
+    async def migrate_legacy(self) -> int:
+        """Move the shared retry schedule and dead letters of before lanes (bridge.keys,
+        LEGACY_*) to each subscription's own keys; how many were moved."""
+        moved = 0
+        for _entry_id, fields in await self.redis.xrange(LEGACY_DEAD_LETTERS):
+            await self.register(fields["subscription"])
+            await self.redis.xadd(dead_letters_key(fields["subscription"]), fields)
+            moved += 1
+        await self.redis.delete(LEGACY_DEAD_LETTERS)
+        for member, due in await self.redis.zrange(LEGACY_RETRY, 0, -1, withscores=True):
+            subscription, _, event_id = member.partition("\n")
+            old = legacy_delivery_key(subscription, event_id)
+            record = await self.redis.hgetall(old)
+            await self.register(subscription)
+            if record:
+                await self.redis.hset(delivery_key(subscription, event_id), mapping=record)
+            await self.redis.zadd(retry_key(subscription), {event_id: due})
+            await self.redis.delete(old)
+            moved += 1
+        await self.redis.delete(LEGACY_RETRY)
+        return moved
 
     # -- attempt log ---------------------------------------------------------------------
 

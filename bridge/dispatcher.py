@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from bridge.config import BridgeConfig, SubscriptionBase
 from bridge.deliveries import DAY, Bounds, Deliveries
-from bridge.keys import group_name, store_key
+from bridge.keys import LEGACY_GROUP, group_name, store_key
 from bridge.lanes import (
     DRAIN_SECONDS,
     LOOP_GRACE,
@@ -35,7 +35,7 @@ from bridge.lanes import (
     repeat,
     retry_delay,
 )
-from bridge.outbox import Trimmer, Watch, backlog, delete_group
+from bridge.outbox import Trimmer, Watch, backlog, create_group, delete_group, legacy_start
 from bridge.sinks import Sink
 from bridge.store import event_from_outbox
 from bridge.tasks import Supervisor, describe
@@ -123,8 +123,7 @@ class Dispatcher:
         delay = 0.5
         while not stop.is_set():
             try:
-                for lane in list(self.lanes.values()):
-                    await lane.create_groups()
+                await self._create_groups()
                 self.prepared.set()
                 return
             except (RedisError, OSError) as exc:
@@ -132,6 +131,19 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(30.0, delay * 2)
+
+    async def _create_groups(self) -> None:
+        """Each lane's group on each outbox: at `$`, or where the shared group of before
+        lanes (LEGACY_GROUP) stood, which then goes, with the rest of the old layout."""
+        for key in self.outbox_keys:
+            start = await legacy_start(self.redis, key)
+            for lane in list(self.lanes.values()):
+                await create_group(self.redis, key, lane.group, start or "$")
+            if start is not None:
+                await delete_group(self.redis, key, LEGACY_GROUP)
+                log.warning("legacy_group_replaced", stream=key, group=LEGACY_GROUP, start=start)
+        if moved := await self.deliveries.migrate_legacy():
+            log.warning("legacy_delivery_state_moved", entries=moved)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop

@@ -18,11 +18,18 @@ The keys of one store share the hash tag `{<store>}`, the delivery state of one 
   jb:lanes                          set     every subscription that ever had delivery state:
                                             readers merge its per-subscription keys
   jb:slack:{<sub>}:...              Slack message state and digest buffer (see slack_key)
+
+Before lanes (issue 9) every subscription shared the outbox group `dispatch`, the retry
+schedule `jb:retry` ("<sub>\\n<event id>"), `jb:delivery:<sub>:<event id>` and the dead-letter
+stream `jb:dlq`; a dispatcher starting on such data moves it to the keys above (LEGACY_*).
 """
 
 from __future__ import annotations
 
 LANES = "jb:lanes"
+LEGACY_GROUP = "dispatch"
+LEGACY_RETRY = "jb:retry"
+LEGACY_DEAD_LETTERS = "jb:dlq"
 GROUP_PREFIX = "sub:"
 
 
@@ -70,6 +77,10 @@ def attempts_key(subscription: str, event_id: str | None = None) -> str:
     """The attempt log of a subscription, or of one event to it."""
     key = _sub_key(subscription, "attempts")
     return f"{key}:{event_id}" if event_id else key
+
+
+def legacy_delivery_key(subscription: str, event_id: str) -> str:
+    return f"jb:delivery:{subscription}:{event_id}"
 
 
 def slack_key(subscription: str, *parts: str) -> str:

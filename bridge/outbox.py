@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from bridge.config import SubscriptionBase
 from bridge.deliveries import Deliveries
-from bridge.keys import group_name, subscription_of, trim_lease_key
+from bridge.keys import LEGACY_GROUP, group_name, subscription_of, trim_lease_key
 from bridge.store import event_from_outbox
 
 log = structlog.get_logger(__name__)
@@ -107,6 +107,38 @@ async def backlog(
     return {"events": lag + pending, "lag": lag, "pending": pending}
 
 
+async def oldest_owed(
+    redis: aioredis.Redis, key: str, groups: Sequence[Mapping[str, Any]]
+) -> str | None:
+    """The oldest entry of `key` that one of `groups` has not finished; None when none is."""
+    oldest: str | None = None
+    for info in groups:
+        owed: list[str] = []
+        if int(info["pending"]):
+            summary = await redis.xpending(key, info["name"])
+            if summary["min"]:
+                owed.append(summary["min"])
+        after = await redis.xrange(key, min=f"({info['last-delivered-id']}", count=1)
+        if after:
+            owed.append(after[0][0])
+        for entry_id in owed:
+            oldest = entry_id if oldest is None else _older(oldest, entry_id)
+    return oldest
+
+
+async def legacy_start(redis: aioredis.Redis, key: str) -> str | None:
+    """Where the consumer groups replacing the old shared one (LEGACY_GROUP) start: just
+    before the oldest entry it had not finished. None when there is no such group."""
+    info = next((g for g in await _groups(redis, key) if g["name"] == LEGACY_GROUP), None)
+    if info is None:
+        return None
+    oldest = await oldest_owed(redis, key, [info])
+    if oldest is None:
+        return str(info["last-delivered-id"])
+    before = await redis.xrevrange(key, max=f"({oldest}", count=1)
+    return before[0][0] if before else "0"
+
+
 class Watch:
     """One blocking read per process over every outbox stream: on new entries it wakes every
     lane, which then reads its own group without blocking a connection of its own."""
@@ -184,26 +216,10 @@ class Trimmer:
                 with contextlib.suppress(RedisError):
                     await self.redis.delete(lease)
 
-    async def oldest_owed(self, key: str, groups: Sequence[Mapping[str, Any]]) -> str | None:
-        """The oldest entry of `key` that some group has not finished; None when none is."""
-        oldest: str | None = None
-        for info in groups:
-            owed: list[str] = []
-            if int(info["pending"]):
-                summary = await self.redis.xpending(key, info["name"])
-                if summary["min"]:
-                    owed.append(summary["min"])
-            after = await self.redis.xrange(key, min=f"({info['last-delivered-id']}", count=1)
-            if after:
-                owed.append(after[0][0])
-            for entry_id in owed:
-                oldest = entry_id if oldest is None else _older(oldest, entry_id)
-        return oldest
-
     async def _trim(self, key: str) -> None:
         groups = await _groups(self.redis, key)
         cut = f"{int((time.time() - self.retention) * 1000)}-0"
-        owed = await self.oldest_owed(key, groups)
+        owed = await oldest_owed(self.redis, key, groups)
         minid = cut if owed is None else _older(cut, owed)
         removed = await self.redis.xtrim(key, minid=minid, approximate=False)
         if removed:

@@ -7,6 +7,7 @@ Real Redis, real webhook receivers, events written by the real observe script.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 
@@ -26,7 +27,7 @@ from structlog.testing import capture_logs
 
 from bridge.deliveries import Deliveries
 from bridge.keys import group_name
-from bridge.store import Store
+from bridge.store import Store, event_from_outbox
 
 
 def delivered_all(target: Endpoint, ids: list[str]) -> bool:
@@ -163,3 +164,32 @@ async def test_redis_losing_its_data_is_recovered_and_later_events_delivered(
     assert target.counts() == dict.fromkeys(before + after + more, 1)
     assert await group_names(redis_client) == {"sub:hook"}
     assert not [e for e in logs if e["event"] == "loop_crashed"]
+
+
+async def test_the_delivery_state_of_before_lanes_is_taken_over(
+    aiohttp_server: ServerFactory, redis_client: aioredis.Redis
+) -> None:
+    """An upgrade: the shared group `dispatch`, `jb:retry` and `jb:dlq` of the last version."""
+    target = await endpoint(aiohttp_server)
+    key = Store(redis_client, STORE).events_key
+    await redis_client.xgroup_create(key, "dispatch", id="$", mkstream=True)
+    done, in_hand, unread = await emit(redis_client, 3)
+    [(_, [(done_entry, _)])] = await redis_client.xreadgroup("dispatch", "old", {key: ">"}, 1)
+    await redis_client.xack(key, "dispatch", done_entry)
+    await redis_client.xreadgroup("dispatch", "old", {key: ">"}, count=1)  # never acknowledged
+    [retried] = await emit(redis_client)  # (read and acknowledged: it went to the schedule)
+    await redis_client.xreadgroup("dispatch", "old", {key: ">"}, count=1)
+    event = event_from_outbox((await redis_client.xrange(key))[-1][1])
+    await redis_client.xack(key, "dispatch", (await redis_client.xrange(key))[-1][0])
+    await redis_client.zadd("jb:retry", {f"hook\n{retried}": 0})
+    await redis_client.hset(f"jb:delivery:hook:{retried}", mapping={"event": json.dumps(event)})
+    letter = {"subscription": "hook", "event_id": "e-0", "reason": "old", "attempts": 3}
+    await redis_client.xadd("jb:dlq", {**letter, "failed_at": "x", "event": "{}"})
+    found = dispatcher(redis_client, [hook("hook", target)])
+    async with dispatching(found):
+        await eventually(lambda: delivered_all(target, [in_hand, unread, retried]), 10, "all")
+    assert done not in target.arrivals
+    assert await group_names(redis_client) == {"sub:hook"}
+    assert not await redis_client.exists("jb:retry", "jb:dlq", f"jb:delivery:hook:{retried}")
+    [letter] = await Deliveries(redis_client).dead_letters()
+    assert (letter.subscription, letter.event_id, letter.reason) == ("hook", "e-0", "old")
