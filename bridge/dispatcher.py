@@ -146,6 +146,8 @@ class Dispatcher:
             log.warning("legacy_delivery_state_moved", entries=moved)
 
     async def run(self, stop: asyncio.Event) -> None:
+        if not self.prepared.is_set():
+            await self.prepare(stop)
         self._stop = stop
         self.supervisor.start("dispatcher:watch", self.watch.run, stop)
         for name, step, pause in (

@@ -141,8 +141,8 @@ class Lane:
             await create_group(self.redis, key, self.group, start)
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Its groups exist (Dispatcher.prepare, apply); one missing now was lost: see _recover.
         await self.deliveries.register(self.name)
-        await self.create_groups()
         self._wake = self.watch.listen()
         stopped = False
         try:
