@@ -25,6 +25,8 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check bridge tests bench
+	$(BIN)/ruff format --check bridge tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

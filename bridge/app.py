@@ -17,11 +17,12 @@ from bridge.deliveries import Bounds
 from bridge.dispatcher import Dispatcher
 from bridge.elasticpath import ElasticPathClient
 from bridge.embedded import EmbeddedRedis
+from bridge.metrics import Metrics
 from bridge.poller import Poller, PollSettings
 from bridge.sinks.base import SinkContext
 from bridge.sinks.registry import build_sink
 from bridge.store import Store
-from bridge.tasks import Supervisor
+from bridge.tasks import LoopState, Supervisor
 
 log = structlog.get_logger(__name__)
 
@@ -74,10 +75,13 @@ class Bridge:
     ) -> None:
         self.config = config
         self.redis = redis
+        self.metrics = Metrics()
         self.stores = {
             s.name: Store(redis, s.name, outbox_retention=config.outbox_retention)
             for s in config.stores
         }
+        for store in self.stores.values():
+            store.analytics.observers.append(self.metrics.observe_job)
         self.clients = {
             s.name: ElasticPathClient(
                 s.api_base,
@@ -90,7 +94,12 @@ class Bridge:
             for s in config.stores
         }
         self.pollers = [
-            Poller(self.clients[s.name], self.stores[s.name], source, PollSettings.from_config(s))
+            Poller(
+                self.clients[s.name],
+                self.stores[s.name],
+                source,
+                PollSettings.from_config(s, finished_job_retention=config.finished_job_retention),
+            )
             for s in config.stores
             for source in s.sources
         ]
@@ -106,9 +115,14 @@ class Bridge:
             outbox_retention=config.outbox_retention,
             outbox_max_entries=config.outbox_max_entries,
             consumer_retention=config.consumer_retention,
+            on_attempt=self.metrics.observe_delivery,
         )
         # Every loop of this process, the dispatcher's own included: what /readyz reports.
         self.supervisor = Supervisor(children=[self.dispatcher.supervisor])
+
+    def loop_states(self) -> list[LoopState]:
+        """Every background loop of this process and whether it runs (/readyz, /metrics)."""
+        return self.supervisor.states()
 
     async def run(self, stop: asyncio.Event) -> None:
         # Every subscription's consumer groups exist before the first event is emitted.
@@ -164,7 +178,7 @@ async def run_until_stopped(
         asyncio.get_running_loop().call_later(seconds, stop.set)
     async with connect_redis(config) as redis:
         bridge = Bridge(config, redis)
-        jobs = [bridge.run(stop)]
+        jobs: list[Awaitable[None]] = [bridge.run(stop)]
         if extra is not None:
             jobs.append(extra(redis, stop))
         await asyncio.gather(*jobs)

@@ -132,6 +132,18 @@ def _entry_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _dead_letter(subscription: str, entry_id: str, fields: dict[str, str]) -> DeadLetter:
+    return DeadLetter(
+        entry_id=entry_id,
+        subscription=subscription,
+        event_id=fields["event_id"],
+        reason=fields["reason"],
+        attempts=int(fields["attempts"]),
+        failed_at=fields["failed_at"],
+        event=json.loads(fields["event"]),
+    )
+
+
 class Deliveries:
     """Delivery bookkeeping shared by every dispatcher, in Redis so it survives restarts."""
 
@@ -262,27 +274,42 @@ class Deliveries:
                     pipe.xrange(dead_letters_key(name))
             found = await pipe.execute()
         letters = [
-            DeadLetter(
-                entry_id=eid,
-                subscription=name,
-                event_id=f["event_id"],
-                reason=f["reason"],
-                attempts=int(f["attempts"]),
-                failed_at=f["failed_at"],
-                event=json.loads(f["event"]),
-            )
+            _dead_letter(name, eid, f)
             for name, entries in zip(names, found, strict=True)
             for eid, f in entries
         ]
         return sorted(letters, key=lambda d: (_entry_order(d.entry_id), d.subscription))
 
-    async def dead_letter_count(self, subscription: str) -> int:
-        return int(await self.redis.xlen(dead_letters_key(subscription)))
+    async def dead_letter_count(self, subscription: str | None = None) -> int:
+        """Dead letters of one subscription, or of every one: counted, not read."""
+        names = [subscription] if subscription is not None else await self.known()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.xlen(dead_letters_key(name))
+            counts = await pipe.execute()
+        return sum(int(c) for c in counts)
 
     async def expire_dead_letters(self, subscription: str) -> None:
         """Drop dead letters older than their retention (also with none added lately)."""
         oldest = _ms(time.time() - self.bounds.dead_letters)
         await self.redis.xtrim(dead_letters_key(subscription), minid=oldest, approximate=False)
+
+    async def latest_dead_letters(
+        self, count: int, subscription: str | None = None
+    ) -> list[DeadLetter]:
+        """The newest `count` dead letters (of one subscription), oldest first."""
+        names = [subscription] if subscription is not None else await self.known()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.xrevrange(dead_letters_key(name), count=count)
+            found = await pipe.execute()
+        letters = [
+            _dead_letter(name, eid, f)
+            for name, entries in zip(names, found, strict=True)
+            for eid, f in entries
+        ]
+        letters.sort(key=lambda d: (_entry_order(d.entry_id), d.subscription))
+        return letters[-count:]
 
     async def requeue(self, letters: list[DeadLetter]) -> int:
         """Move dead letters back onto the retry schedule, due now, attempt count reset."""

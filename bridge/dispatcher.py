@@ -36,7 +36,7 @@ from bridge.lanes import (
     retry_delay,
 )
 from bridge.outbox import Trimmer, Watch, backlog, create_group, delete_group, legacy_start
-from bridge.sinks import Sink
+from bridge.sinks import DeliveryResult, Sink
 from bridge.store import event_from_outbox
 from bridge.tasks import Supervisor, describe
 
@@ -75,10 +75,12 @@ class Dispatcher:
         outbox_retention: float = 7 * DAY,
         outbox_max_entries: int = 1_000_000,
         consumer_retention: float = 3600.0,
+        on_attempt: Callable[[str, DeliveryResult], None] | None = None,
     ) -> None:
         self.redis = redis
         self.outbox_keys = list(outbox_keys)
         self.build_sink = build_sink
+        self.on_attempt = on_attempt  # hears every attempt's result (metrics)
         self.deliveries = Deliveries(redis, bounds)
         self.consumer = consumer or consumer_name()
         self.claim_idle = claim_idle
@@ -225,6 +227,7 @@ class Dispatcher:
             batch=self.batch,
             counts=self.counts[sub.name],
             stats=self.stats,
+            on_attempt=self.on_attempt,
         )
 
     def _start(self, lane: Lane) -> None:

@@ -6,19 +6,28 @@ import asyncio
 import json
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import structlog
+import yarl
 from pydantic import BaseModel, ValidationError
 
-from bridge.httpclient import USER_AGENT, parse_retry_after
+from bridge.httpclient import USER_AGENT, parse_retry_after, read_body
 
 log = structlog.get_logger(__name__)
 
 MAX_PAGE_LIMIT = 100
 RETRY_AFTER_CAP = 300.0  # a Retry-After longer than this is treated as this
+# A reply larger than this is refused, not read: a broken or hostile API cannot make the
+# bridge hold a 1 GB body (100 jobs or 100 errors per page fit with room to spare).
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+# An error reply is only read for its message: the rest is dropped.
+MAX_ERROR_REPLY_BYTES = 64 * 1024
+# Stands in for an error message too large to fetch even alone.
+UNREADABLE_ERROR = "(error message larger than the reply size limit; not shown)"
 
 
 class ApiError(Exception):
@@ -61,6 +70,14 @@ class TransientError(ApiError):
 
 class MalformedResponse(ApiError):
     """The body is not the JSON shape the API documents."""
+
+
+class ReplyTooLarge(MalformedResponse):
+    """The body is larger than the client reads (`MAX_REPLY_BYTES`)."""
+
+
+class _Oversized(Exception):
+    """Raised by `_read_capped`; turned into ReplyTooLarge by the caller, which knows the path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +152,13 @@ class TokenManager:
         }
         path = "/oauth/access_token"
         try:
-            async with self._session.post(self._url, data=form) as response:
-                text = await response.text()
+            # No redirects: a 3xx would carry client_secret to wherever Location points.
+            async with self._session.post(self._url, data=form, allow_redirects=False) as response:
+                if 300 <= response.status < 400:
+                    message = _redirect_message(response)
+                    raise ApiError("POST", path, message, status=response.status)
                 if response.status != 200:
+                    text = await _read_error(response)
                     error = _error_from_body(response.status, text)
                     kind = TransientError if _retryable_status(response.status) else Forbidden
                     raise kind(
@@ -147,6 +168,9 @@ class TokenManager:
                         status=response.status,
                         request_id=error.request_id,
                     )
+                text = await _read_capped(response, MAX_REPLY_BYTES)
+        except _Oversized as exc:
+            raise ReplyTooLarge("POST", path, str(exc)) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError("POST", path, _describe(exc)) from None
         try:
@@ -206,6 +230,39 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def _redirect_message(response: aiohttp.ClientResponse) -> str:
+    """A 3xx, named by the origin it points to (not its path or query: they may hold tokens)."""
+    location = response.headers.get("location", "")
+    try:
+        target = response.url.join(yarl.URL(location)) if location else None
+    except ValueError:
+        target = None
+    where = f" to {target.scheme}://{target.host}:{target.port}" if target and target.host else ""
+    return (
+        f"HTTP {response.status} redirect{where}; redirects are not followed "
+        "(check api_base: it must be the store's API host itself)"
+    )
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> str:
+    """The body as text, or _Oversized as soon as it proves longer than `limit` bytes."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise _Oversized(f"reply of {declared} bytes is larger than the {limit}-byte limit")
+    buffer = bytearray()
+    while chunk := await response.content.read(limit + 1 - len(buffer)):
+        buffer += chunk
+        if len(buffer) > limit:
+            raise _Oversized(f"reply is larger than the {limit}-byte limit")
+    return buffer.decode("utf-8", errors="replace")
+
+
+async def _read_error(response: aiohttp.ClientResponse) -> str:
+    """The start of an error reply: enough for its JSON:API message, never more."""
+    raw = await read_body(response, MAX_ERROR_REPLY_BYTES)
+    return raw.decode("utf-8", errors="replace")
+
+
 class ElasticPathClient:
     """The Jobs API of one store. One ClientSession, one token, one rate budget."""
 
@@ -220,6 +277,7 @@ class ElasticPathClient:
         max_retries: int = 4,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
         store: str = "",
     ) -> None:
         self.api_base = api_base.rstrip("/")
@@ -232,7 +290,9 @@ class ElasticPathClient:
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.max_reply_bytes = max_reply_bytes
         self.requests = 0  # every HTTP request made to the Jobs endpoints, retries included
+        self.stats: Counter[str] = Counter()  # replies_too_large
         self._log = log.bind(store=store) if store else log
 
     async def close(self) -> None:
@@ -257,21 +317,30 @@ class ElasticPathClient:
         return _object_data(await self._get_json(path), "GET", path)
 
     async def get_pcm_job_errors(self, job_id: str, max_errors: int = 100) -> list[dict[str, Any]]:
-        """The job's error messages, every page up to `max_errors`, as `[{"message": ...}]`."""
+        """The job's error messages, every page up to `max_errors`, as `[{"message": ...}]`.
+
+        A page too large to read is asked for again in halves: a few huge messages must not
+        hide all the others. A single message too large even alone is replaced by a notice.
+        """
         path = f"/pcm/jobs/{job_id}/errors"
         errors: list[dict[str, Any]] = []
         offset = 0
+        page_limit = MAX_PAGE_LIMIT
         while len(errors) < max_errors:
-            limit = min(MAX_PAGE_LIMIT, max_errors - len(errors))
-            body = await self._get_json(
-                path, {"page[limit]": str(limit), "page[offset]": str(offset)}
-            )
+            limit = min(page_limit, max_errors - len(errors))
+            try:
+                body = await self._get_json(
+                    path, {"page[limit]": str(limit), "page[offset]": str(offset)}
+                )
+            except ReplyTooLarge:
+                if limit > 1:
+                    page_limit = max(1, limit // 2)
+                    continue
+                errors.append({"message": UNREADABLE_ERROR})
+                offset += 1
+                continue
             records = _list_data(body, "GET", path)
-            for record in records:
-                attributes = record.get("attributes") if isinstance(record, dict) else None
-                message = attributes.get("message") if isinstance(attributes, dict) else None
-                if isinstance(message, str):
-                    errors.append({"message": message})
+            errors.extend(_error_messages(records))
             total = _total(body)
             offset += len(records)
             # Stop on a short page, or when the documented total is reached.
@@ -330,14 +399,27 @@ class ElasticPathClient:
         self.requests += 1
         try:
             async with self._session.get(
-                self.api_base + path, params=params, headers={"authorization": f"Bearer {token}"}
+                self.api_base + path,
+                params=params,
+                headers={"authorization": f"Bearer {token}"},
+                # A redirect would carry the bearer token to wherever Location points.
+                allow_redirects=False,
             ) as response:
-                text = await response.text()
                 status = response.status
+                if 300 <= status < 400:
+                    raise ApiError("GET", path, _redirect_message(response), status=status)
+                if status == 200:
+                    text = await _read_capped(response, self.max_reply_bytes)
+                else:
+                    text = await _read_error(response)
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 if retry_after is not None:
                     retry_after = min(retry_after, RETRY_AFTER_CAP)
                 header_request_id = response.headers.get("x-request-id")
+        except _Oversized as exc:
+            self.stats["replies_too_large"] += 1
+            self._log.warning("api_reply_too_large", path=path, error=str(exc))
+            raise ReplyTooLarge("GET", path, str(exc), status=200) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError("GET", path, _describe(exc)) from None
         if status == 200:
@@ -380,6 +462,16 @@ def _object_data(body: Any, method: str, path: str) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
         raise MalformedResponse(method, path, "expected an object with a `data` object")
     return body["data"]
+
+
+def _error_messages(records: list[Any]) -> list[dict[str, Any]]:
+    messages = []
+    for record in records:
+        attributes = record.get("attributes") if isinstance(record, dict) else None
+        message = attributes.get("message") if isinstance(attributes, dict) else None
+        if isinstance(message, str):
+            messages.append({"message": message})
+    return messages
 
 
 def _total(body: dict[str, Any]) -> int | None:

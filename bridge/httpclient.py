@@ -36,7 +36,15 @@ _METADATA = frozenset(
         "fd00:ec2::254",  # AWS over IPv6
     )
 )
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix
+# IPv6 ranges whose last 32 bits are an IPv4 address that a packet to them ends up reaching.
+_V4_EMBEDDING = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        "64:ff9b::/96",  # NAT64, RFC 6052 well-known prefix
+        "::ffff:0:0:0/96",  # IPv4-translated, RFC 2765 (SIIT)
+        "::/96",  # IPv4-compatible, RFC 4291 (deprecated; :: and ::1 are judged as themselves)
+    )
+)
 _V4_RULES: tuple[tuple[ipaddress.IPv4Network, str], ...] = tuple(
     (ipaddress.IPv4Network(net), reason)
     for net, reason in (
@@ -57,7 +65,10 @@ _V6_RULES: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
         ("::/128", "unspecified"),
         ("::1/128", "loopback"),
         ("fe80::/10", "link-local"),
+        ("fec0::/10", "site-local (deprecated)"),
         ("fc00::/7", "unique-local"),
+        # Local-use NAT64 (RFC 8215): translates to the operator's own IPv4 space.
+        ("64:ff9b:1::/48", "local-use NAT64"),
         ("ff00::/8", "multicast"),
     )
 )
@@ -90,7 +101,7 @@ def classify_address(ip: IPAddress) -> str | None:
         scopeless = ipaddress.IPv6Address(int(ip))  # fe80::1%eth0 -> fe80::1
         # An IPv6 address that carries an IPv4 one reaches that IPv4 host: judge the IPv4.
         embedded = scopeless.ipv4_mapped or scopeless.sixtofour
-        if embedded is None and scopeless in _NAT64:
+        if embedded is None and int(scopeless) > 1 and any(scopeless in n for n in _V4_EMBEDDING):
             embedded = ipaddress.IPv4Address(int(scopeless) & 0xFFFFFFFF)
         if embedded is not None:
             return classify_address(embedded)
@@ -194,7 +205,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         except aiohttp.ClientConnectorError as exc:
             # The socket factory tripped: give callers the same error as the other layers.
             if isinstance(exc.os_error, _SocketRefused):
-                raise AddressRefused(exc.os_error.strerror) from exc
+                raise AddressRefused(exc.os_error.strerror or str(exc.os_error)) from exc
             raise
 
 

@@ -9,6 +9,7 @@ The keys of one store share the hash tag `{<store>}`, the delivery state of one 
   jb:{<store>}:events               stream  the outbox: one entry per event; one consumer group
                                             per subscription, `sub:<name>` (see group_name)
   jb:{<store>}:events:trim          string  lease of the replica trimming that outbox now
+  jb:{<store>}:analytics:<minute>   hash    finished jobs' counts and durations (analytics.py)
   jb:{sub:<name>}:retry             zset    event ids by due time (ms)
   jb:{sub:<name>}:delivery:<id>     hash    the event and its attempt count, while retried
   jb:{sub:<name>}:dlq               stream  dead letters: event id, reason, attempts, event
@@ -34,7 +35,7 @@ GROUP_PREFIX = "sub:"
 
 
 def store_key(store: str, kind: str) -> str:
-    """One of a store's keys: `jobs`, `open`, `meta` or `events`."""
+    """One of a store's keys: `jobs`, `open`, `meta`, `events` or `analytics:<minute>`."""
     return f"jb:{{{store}}}:{kind}"
 
 

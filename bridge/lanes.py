@@ -105,6 +105,7 @@ class Lane:
         batch: int,
         counts: Counter[str],
         stats: Counter[str],
+        on_attempt: Callable[[str, DeliveryResult], None] | None = None,
     ) -> None:
         self.redis = redis
         self.outbox_keys = list(outbox_keys)
@@ -120,6 +121,7 @@ class Lane:
         self.batch = batch
         self.counts = counts  # deliveries: delivered, failed_attempts, ...
         self.stats = stats  # outbox entries: routed, claimed, skipped
+        self.on_attempt = on_attempt  # hears every attempt's result (metrics)
         concurrency = sink.concurrency(sub.concurrency)
         self.slots = asyncio.Semaphore(concurrency)
         # Entries read ahead of a free slot: enough to keep the slots busy, bounded.
@@ -377,6 +379,8 @@ class Lane:
                 )
                 log.exception("sink_failed", subscription=self.name, event_id=event["id"])
         await self.deliveries.record_attempt(self.name, event["id"], attempt, result)
+        if self.on_attempt is not None:
+            self.on_attempt(self.name, result)
         bound = log.bind(subscription=self.name, event_id=event["id"], attempt=attempt)
         if result.ok:
             self.counts["delivered"] += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
@@ -54,20 +54,31 @@ def _secret_key(key: Any) -> bool:
     return isinstance(key, str) and bool(_SECRET_KEYS.search(key))
 
 
-def redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> dict[str, Any]:
     return {
         key: REDACTED if _secret_key(key) and value else _redact(value)
         for key, value in event_dict.items()
     }
 
 
-def _redact_rendered(_logger: Any, _name: str, rendered: str) -> str:
+def _redact_rendered(_logger: Any, _name: str, rendered: Any) -> str:
     # Tracebacks are rendered after the dict processors ran: scrub the final text as well.
-    return redact_text(rendered)
+    return redact_text(str(rendered))
+
+
+class _StdlibHandler(logging.StreamHandler):
+    """The root handler `setup` installs (told apart from other handlers, e.g. pytest's)."""
 
 
 def setup(level: str = "info", json_output: bool | None = None) -> None:
-    """Configure structlog once for the process."""
+    """Configure structlog once for the process, and route stdlib logging through it.
+
+    aiohttp's tracebacks and asyncio's "Task exception was never retrieved" come through the
+    stdlib `logging` module: the root handler renders them with the same processors, so they
+    are JSON in production and their secrets masked like every other line.
+    """
     if json_output is None:
         json_output = not sys.stdout.isatty()
     renderer: Any
@@ -80,19 +91,34 @@ def setup(level: str = "info", json_output: bool | None = None) -> None:
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
         exception_processor = structlog.processors.format_exc_info
+    level_number = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    stream = sys.stdout if json_output else sys.stderr
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
+        processors=[*shared, exception_processor, redact_processor, renderer, _redact_rendered],
+        wrapper_class=structlog.make_filtering_bound_logger(level_number),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             exception_processor,
             redact_processor,
             renderer,
             _redact_rendered,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-        ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr if not json_output else sys.stdout),
-        cache_logger_on_first_use=False,
     )
+    handler = _StdlibHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)  # setup may run more than once (tests, the CLI)
+    root.addHandler(handler)
+    # Libraries' own INFO lines (broker clients' connection chatter) are not the bridge's story.
+    root.setLevel(max(level_number, logging.WARNING))

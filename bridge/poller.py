@@ -8,37 +8,34 @@ and a full re-scan on a slow timer is the safety net for the undocumented list o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
 import structlog
 
-from bridge.elasticpath import (
-    ApiError,
-    ElasticPathClient,
-    MalformedResponse,
-    NotFound,
-    TransientError,
-)
+from bridge.elasticpath import ApiError, ElasticPathClient, Page
 from bridge.events import event_id, event_type, stalled_event_id
+from bridge.joberrors import JobErrors
 from bridge.jobs import Job, JobParseError, JobStatus, Source, parse_job
-from bridge.store import Observation, Store
+from bridge.openjobs import OpenJobs
+from bridge.recovery import Metas, StateLost, StateWatch
+from bridge.scan import CycleReport, Scan, pages
+from bridge.store import Observation, Store, StoredState
 
 log = structlog.get_logger(__name__)
 
-PCM_OFFSET_SOFT_LIMIT = 10_000  # the API may refuse offsets past this
 PROGRESS_EVERY_PAGES = 10
 # An unstable list order can hide jobs from one pass: the baseline repeats (silently) until
 # every job the API counts is recorded, at most this many passes.
 BASELINE_PASSES = 5
-# A failed job's event waits this long (seconds) for its /errors, then goes without them.
-ERRORS_PATIENCE = 300.0
+DAY = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,42 +49,24 @@ class PollSettings:
     full_scan_interval: float = 900.0
     page_limit: int = 100
     errors_limit: int = 100
+    # Finished jobs' records are forgotten this long after the job's last activity; the
+    # sweep that forgets them runs this often.
+    finished_job_retention: float = 30 * DAY
+    sweep_interval: float = 3600.0
+    # An open job whose fetch fails for good waits base, 2 x base, ... up to cap (seconds).
+    job_retry_base: float = 30.0
+    job_retry_cap: float = 3600.0
 
     @classmethod
-    def from_config(cls, store: Any) -> PollSettings:
-        return cls(**{name: getattr(store, name) for name in cls.__dataclass_fields__})
-
-
-@dataclass(slots=True)
-class CycleReport:
-    kind: str  # baseline | full | incremental
-    requests: int = 0
-    pages: int = 0
-    jobs: int = 0
-    changes: int = 0
-    emitted: int = 0
-    fetched_open: int = 0
-    stalled: int = 0
-    skipped: int = 0
-    open_jobs: int = 0  # open after the cycle
-    total: int | None = None  # what the API said the list holds
-
-
-@dataclass(slots=True)
-class _Scan:
-    """What one cycle has seen so far."""
-
-    report: CycleReport
-    silent: bool = False
-    # backfill: baseline - a job first seen late but created before the baseline began is
-    # history the baseline missed (unstable list order), recorded silently too.
-    history_before: float | None = None
-    seen: set[str] = field(default_factory=set)  # ids only: a full scan may see 100,000 jobs
-    open: dict[str, Job] = field(default_factory=dict)  # the non-terminal ones, for stalls
+    def from_config(cls, store: Any, **overrides: Any) -> PollSettings:
+        """The store's config fields of the same names, then `overrides` (top-level fields)."""
+        own = {n: getattr(store, n) for n in cls.__dataclass_fields__ if hasattr(store, n)}
+        return cls(**{**own, **overrides})
 
 
 class Poller:
-    """One store, one source (`pcm` or `v2`). State lives in Redis; this object keeps none."""
+    """One store, one source (`pcm` or `v2`). State lives in Redis; in memory only what
+    must survive Redis losing it (see `StateWatch`) and per-job backoffs (see `OpenJobs`)."""
 
     def __init__(
         self,
@@ -103,9 +82,19 @@ class Poller:
         self.stats: Counter[str] = Counter()
         self.last_change = 0.0
         self.consecutive_failures = 0
-        # Failed jobs whose /errors would not answer: job id -> when that first happened.
-        self._errors_waiting: dict[str, float] = {}
         self._log = log.bind(store=store.name, source=source)
+        self._errors = JobErrors(client, settings.errors_limit, self._log)
+        self._watch = StateWatch(self._log)
+        self._open = OpenJobs(
+            client,
+            store,
+            source,
+            self._log,
+            self.stats,
+            retry_base=settings.job_retry_base,
+            retry_cap=settings.job_retry_cap,
+        )
+        self._next_sweep = 0.0  # monotonic
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -154,37 +143,62 @@ class Poller:
     # -- one cycle -----------------------------------------------------------------------
 
     async def cycle(self) -> CycleReport:
+        started = time.time()
         requests_before = self.client.requests
-        baseline, baseline_started, last_full = await self.store.get_metas(
-            f"baseline:{self.source}", f"baseline_started:{self.source}", f"full_scan:{self.source}"
-        )
-        if baseline is None:
-            if baseline_started is None:
-                await self.store.set_meta(**{f"baseline_started:{self.source}": time.time()})
-            report = await self._full_scan("baseline", None)
-            await self._complete_baseline(report)
-        else:
-            history_before = None
-            if self.settings.backfill == "baseline":
-                history_before = float(baseline_started or 0)
-            if time.time() - float(last_full or 0) >= self.settings.full_scan_interval:
-                report = await self._full_scan("full", history_before)
-                await self.store.set_meta(**{f"full_scan:{self.source}": time.time()})
-            else:
-                report = await self._incremental(history_before)
+        try:
+            report = await self._poll()
+        except StateLost:
+            # Redis lost its data while this cycle ran: the next look at the metas says so.
+            report = await self._poll()
         report.requests = self.client.requests - requests_before
-        await self.store.set_meta(**{f"last_poll:{self.source}": time.time()})
+        await self.store.set_meta(
+            **{f"last_poll:{self.source}": time.time(), f"last_poll_start:{self.source}": started}
+        )
+        self._watch.polled(started)
+        if report.kind != "baseline":
+            await self._sweep_if_due()
         self.stats["cycles"] += 1
         self.stats["requests"] += report.requests
         self.stats["events"] += report.emitted
         self._log.debug("cycle_completed", **{k: getattr(report, k) for k in report.__slots__})
         return report
 
+    async def _poll(self) -> CycleReport:
+        metas = Metas(*await self.store.get_metas(*Metas.fields(self.source)))
+        recover_after = self._watch.check(metas)
+        if recover_after is not None and metas.recover_after is None:
+            self.stats["state_losses"] += 1
+        if metas.baseline is None:
+            await self._begin_baseline(metas, recover_after)
+            report = await self._full_scan("baseline", recover_after=recover_after)
+            await self._complete_baseline(report)
+            return report
+        history_before = None
+        if self.settings.backfill == "baseline":
+            history_before = float(metas.baseline_started or 0)
+        if time.time() - float(metas.full_scan or 0) >= self.settings.full_scan_interval:
+            report = await self._full_scan("full", history_before=history_before)
+            await self.store.set_meta(**{f"full_scan:{self.source}": time.time()})
+            return report
+        return await self._incremental(history_before)
+
+    async def _begin_baseline(self, metas: Metas, recover_after: float | None) -> None:
+        fields: dict[str, str | float] = {}
+        if metas.baseline_started is None:
+            # After a loss of Redis, the original start: history stays history.
+            fields[f"baseline_started:{self.source}"] = self._watch.baseline_started or time.time()
+        if recover_after is not None and metas.recover_after is None:
+            # In Redis too: a process that takes over (or restarts) mid-recovery goes on with it.
+            fields[f"recover_after:{self.source}"] = recover_after
+        if fields:
+            await self.store.set_meta(**fields)
+
     async def _complete_baseline(self, report: CycleReport) -> None:
         passes = int(await self.store.get_meta(f"baseline_passes:{self.source}") or 0) + 1
         known = await self.store.known_count(self.source)
         missing = (report.total or 0) - known - report.skipped
-        if missing > 0 and passes < BASELINE_PASSES:
+        # A scan cut short by a repeated page would only repeat itself: no further pass.
+        if missing > 0 and passes < BASELINE_PASSES and not report.truncated:
             await self.store.set_meta(**{f"baseline_passes:{self.source}": passes})
             self._log.info("baseline_pass_incomplete", passes=passes, missing=missing)
             return
@@ -194,81 +208,90 @@ class Poller:
         await self.store.set_meta(
             **{f"baseline:{self.source}": now, f"full_scan:{self.source}": now}
         )
+        await self.store.delete_meta(f"recover_after:{self.source}")
+        self._watch.baseline_completed()
         self._log.info("baseline_completed", jobs=known, emitted=report.emitted, passes=passes)
 
-    async def _full_scan(self, kind: str, history_before: float | None) -> CycleReport:
-        scan = _Scan(
-            CycleReport(kind),
-            silent=kind == "baseline" and self.settings.backfill == "baseline",
+    async def _sweep_if_due(self) -> None:
+        """Forget finished jobs' records past retention, about once per sweep_interval."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self.settings.sweep_interval
+        before = time.time() - self.settings.finished_job_retention
+        forgotten = await self.store.forget_finished(self.source, before)
+        self.stats["jobs_forgotten"] += forgotten
+        if forgotten:
+            self._log.info("finished_jobs_forgotten", jobs=forgotten)
+
+    def _pages(self, scan: Scan) -> AsyncGenerator[Page, None]:
+        return pages(self.client, scan, self.settings.page_limit, self._log, self.stats)
+
+    def _new_scan(self, kind: str, **how: Any) -> Scan:
+        scan = Scan(CycleReport(kind), **how)
+        if kind != "baseline":
+            scan.marker = f"baseline:{self.source}"
+            scan.forgotten_before = time.time() - self.settings.finished_job_retention
+        return scan
+
+    async def _full_scan(
+        self,
+        kind: str,
+        *,
+        history_before: float | None = None,
+        recover_after: float | None = None,
+    ) -> CycleReport:
+        scan = self._new_scan(
+            kind,
+            silent=kind == "baseline"
+            and self.settings.backfill == "baseline"
+            and recover_after is None,
             history_before=history_before,
+            recover_after=recover_after,
         )
         if self.source == "v2":
             await self._process(scan, await self.client.list_v2_jobs())
             scan.report.pages = 1
         else:
-            total = None
-            offset = 0
-            while True:
-                try:
-                    page = await self.client.list_pcm_jobs(offset, self.settings.page_limit)
-                except ApiError as exc:
-                    if exc.retryable or offset < PCM_OFFSET_SOFT_LIMIT:
-                        raise
-                    self._log.warning("scan_offset_limit_reached", offset=offset, error=str(exc))
-                    break
-                total = page.total if page.total is not None else total
-                scan.report.total = total
-                await self._process(scan, page.records)
-                scan.report.pages += 1
-                offset += len(page.records)
-                if kind == "baseline":
-                    self._progress(scan.report, total)
-                if len(page.records) < self.settings.page_limit:
-                    break
+            async with contextlib.aclosing(self._pages(scan)) as pages:
+                async for page in pages:
+                    await self._process(scan, page.records)
+                    if kind == "baseline":
+                        self._progress(scan.report, scan.report.total)
             if kind == "baseline" and sys.stderr.isatty():
                 sys.stderr.write("\n")
         await self._finish(scan)
         return scan.report
 
     async def _incremental(self, history_before: float | None) -> CycleReport:
-        scan = _Scan(CycleReport("incremental"), history_before=history_before)
+        scan = self._new_scan("incremental", history_before=history_before)
         if self.source == "v2":
             await self._process(scan, await self.client.list_v2_jobs())
             scan.report.pages = 1
         else:
-            offset = 0
-            while True:
-                page = await self.client.list_pcm_jobs(offset, self.settings.page_limit)
-                changes = await self._process(scan, page.records)
-                scan.report.pages += 1
-                offset += len(page.records)
-                if len(page.records) < self.settings.page_limit:
-                    break
-                # Jobs the API counts that the bridge has never recorded are further on.
-                accounted = await self.store.known_count(self.source) + scan.report.skipped
-                unaccounted = page.total is not None and accounted < page.total
-                if not changes and not unaccounted:
-                    break
+            async with contextlib.aclosing(self._pages(scan)) as pages:
+                async for page in pages:
+                    changes = await self._process(scan, page.records)
+                    # Jobs the API counts that the bridge has never recorded are further on.
+                    accounted = await self.store.known_count(self.source) + scan.report.skipped
+                    unaccounted = page.total is not None and accounted < page.total
+                    if not changes and not unaccounted:
+                        break
         await self._finish(scan)
         return scan.report
 
-    async def _finish(self, scan: _Scan) -> None:
+    async def _finish(self, scan: Scan) -> None:
         """Fetch open jobs the scan did not reach, then look for stalled ones."""
         open_jobs = await self.store.open_jobs(self.source)
+        self._open.keep_only(open_jobs)
         for job_id in open_jobs.keys() - scan.seen:
-            fetch = self.client.get_pcm_job if self.source == "pcm" else self.client.get_v2_job
-            try:
-                record = await fetch(job_id)
-            except NotFound:
-                await self.store.forget_open(self.source, job_id)
-                self._log.info("job_vanished", job_id=job_id)
-                continue
-            scan.report.fetched_open += 1
-            await self._process(scan, [record])
+            record = await self._open.fetch(scan.report, job_id)
+            if record is not None:
+                scan.report.fetched_open += 1
+                await self._process(scan, [record])
         # Read again: this cycle opened jobs or moved them to a new phase (new stall clock).
         open_jobs = await self.store.open_jobs(self.source)
         scan.report.open_jobs = len(open_jobs)
-        if scan.silent:
+        if scan.silent or scan.recover_after is not None:
             return
         now_ms = time.time() * 1000
         for job_id, reference_ms in open_jobs.items():
@@ -285,8 +308,40 @@ class Poller:
                         job.id,
                     )
 
-    async def _process(self, scan: _Scan, records: Sequence[Any]) -> int:
+    async def _process(self, scan: Scan, records: Sequence[Any]) -> int:
         """Parse a page, find what is new or changed, observe it. Returns the change count."""
+        jobs = self._parse(scan, records)
+        states = await self.store.states(self.source, [j.id for j in jobs])
+        changed: list[tuple[Job, StoredState | None]] = []
+        for job, state in zip(jobs, states, strict=True):
+            if state is not None and state.status == job.status:
+                continue
+            if state is None and scan.forgotten(job):
+                scan.report.history += 1
+                continue
+            changed.append((job, state))
+        observed: list[Job] = []
+        observations: list[Observation] = []
+        for job, state in changed:
+            observation = await self._observation(job, scan.silent_for(job, state))
+            if observation is not None:
+                observed.append(job)
+                observations.append(observation)
+        outcomes = await self.store.observe(observations, marker=scan.marker)
+        if any(outcome.result == "lost" for outcome in outcomes):
+            raise StateLost(self.store.name)
+        scan.report.changes += len(changed)
+        for job, outcome in zip(observed, outcomes, strict=True):
+            if outcome.result == "emitted":
+                scan.report.emitted += 1
+                self._announce(
+                    event_id(self.store.name, self.source, job.id, job.status), job.status, job.id
+                )
+            elif outcome.result == "recorded" and not scan.silent:
+                self._log.info("history_job_recorded", job_id=job.id, status=job.status)
+        return len(changed)
+
+    def _parse(self, scan: Scan, records: Sequence[Any]) -> list[Job]:
         jobs: list[Job] = []
         for record in records:
             try:
@@ -303,41 +358,16 @@ class Poller:
                 scan.open[job.id] = job
             else:
                 scan.open.pop(job.id, None)
-        states = await self.store.states(self.source, [j.id for j in jobs])
-        changed = [
-            (j, s) for j, s in zip(jobs, states, strict=True) if s is None or s.status != j.status
-        ]
-        observed: list[Job] = []
-        observations: list[Observation] = []
-        for job, state in changed:
-            silent = scan.silent or (state is None and _before(job, scan.history_before))
-            observation = await self._observation(job, silent)
-            if observation is not None:
-                observed.append(job)
-                observations.append(observation)
-        outcomes = await self.store.observe(observations)
-        scan.report.changes += len(changed)
-        for job, outcome in zip(observed, outcomes, strict=True):
-            if outcome.result == "emitted":
-                scan.report.emitted += 1
-                self._announce(
-                    event_id(self.store.name, self.source, job.id, job.status), job.status, job.id
-                )
-            elif outcome.result == "recorded" and not scan.silent:
-                self._log.info("history_job_recorded", job_id=job.id, status=job.status)
-        return len(changed)
+        return jobs
 
     async def _observation(self, job: Job, silent: bool) -> Observation | None:
         """What to observe of a changed job; None to leave it for the next cycle."""
         errors: list[dict[str, Any]] = []
         if not silent and job.status == JobStatus.FAILED:
-            if job.source == "pcm":
-                found = await self._job_errors(job)
-                if found is None:
-                    return None
-                errors = found
-            elif job.error:
-                errors = [{"message": job.error}]
+            found = await self._errors.of(job)
+            if found is None:
+                return None
+            errors = list(found)
         return Observation(
             job=job,
             silent=silent,
@@ -345,23 +375,6 @@ class Poller:
             errors=errors,
             file_locations=job.file_locations(),
         )
-
-    async def _job_errors(self, job: Job) -> list[dict[str, Any]] | None:
-        """A failed job's errors; None while they may still come (the failure waits for them)."""
-        try:
-            errors = await self.client.get_pcm_job_errors(job.id, self.settings.errors_limit)
-        except (TransientError, MalformedResponse) as exc:
-            since = self._errors_waiting.setdefault(job.id, time.monotonic())
-            if time.monotonic() - since < ERRORS_PATIENCE:
-                self._log.info("job_errors_deferred", job_id=job.id, error=str(exc))
-                return None
-            self._log.warning("job_errors_unavailable", job_id=job.id, error=str(exc))
-            errors = []
-        except ApiError as exc:
-            self._log.warning("job_errors_unavailable", job_id=job.id, error=str(exc))
-            errors = []
-        self._errors_waiting.pop(job.id, None)
-        return errors
 
     @staticmethod
     def _stall_reference_ms(job: Job) -> int | None:
@@ -386,7 +399,3 @@ class Poller:
             sys.stderr.flush()
         elif report.pages % PROGRESS_EVERY_PAGES == 0:
             self._log.info("baseline_progress", pages=report.pages, jobs=report.jobs, total=total)
-
-
-def _before(job: Job, moment: float | None) -> bool:
-    return moment is not None and job.created_at is not None and job.created_at.timestamp() < moment

@@ -37,7 +37,7 @@ class StatusView:
 
     def to_json(
         self,
-        pollers: Mapping[tuple[str, str], dict[str, Any]],
+        pollers: Mapping[tuple[str, str], Mapping[str, Any]],
         counters: Mapping[str, dict[str, int]],
     ) -> dict[str, Any]:
         """The API's /status, with this process's own facts of each poller and `counters`."""
@@ -109,7 +109,9 @@ async def read_status(
     found = []
     for store_config in config.stores if stores else ():
         store = Store(redis, store_config.name)
-        sources = {s: await store.source_status(s) for s in store_config.sources}
+        sources: dict[str, dict[str, Any]] = {
+            s: await store.source_status(s) for s in store_config.sources
+        }
         found.append(StoreStatus(store.name, sources, await outbox_status(redis, store.events_key)))
     deliveries = Deliveries(redis)
     subscriptions = [(sub, await deliveries.status(sub.name)) for sub in config.subscriptions]

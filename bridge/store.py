@@ -1,12 +1,15 @@
 """Redis state of the bridge: job states, open jobs, the outbox, and the Lua that keeps them atomic.
 
 The keys of one store (bridge.keys) share the hash tag `{<store>}`, so every script touches
-one cluster slot.
+one cluster slot. A job's record in `jobs`: open "status|version|seq|stalled", finished
+"status||seq|minute" (minute of its last activity; forgotten a retention after it, see
+`forget_finished`).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +17,9 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from bridge.analytics import JobAnalytics, newly_finished
 from bridge.events import build_event, event_id, stalled_event_id
-from bridge.jobs import RANK, STATUSES, Job, now_iso
+from bridge.jobs import RANK, STATUSES, TERMINAL, Job, now_iso
 from bridge.keys import store_key
 
 # Compare-and-set of one job's state; appends an event to the outbox when the status changed.
@@ -36,6 +40,23 @@ local store = ARGV[8]
 local source = ARGV[9]
 local job_json = ARGV[10]
 local extra_json = ARGV[11]
+local finished_minute = ARGV[12]    -- a finished job's last activity (minutes), "" while open
+local marker = ARGV[13]             -- meta field that must exist, "" for none
+
+-- A Redis that lost its data (restart without persistence, FLUSHDB) has no marker: write
+-- nothing, so that the poller notices and recovers instead of recording changes silently.
+if marker ~= '' and redis.call('HEXISTS', meta_key, marker) == 0 then
+  return {'lost', 0, ''}
+end
+
+-- A finished job's record needs no version (nothing it says later changes it) but carries
+-- the minute it finished, for retention: 8 bytes per record less in Redis's allocator.
+local function state(seq, stalled)
+  if finished_minute ~= '' then
+    return status .. '||' .. seq .. '|' .. finished_minute
+  end
+  return status .. '|' .. version_text .. '|' .. seq .. '|' .. stalled
+end
 
 local rank = RANKS                  -- bridge.jobs.RANK: the lifecycle order
 local stored = redis.call('HGET', jobs_key, member)
@@ -43,14 +64,17 @@ local prev_status = ''
 local seq = 0
 if stored then
   local s, v, q, t = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-  local stored_version = tonumber(v)
   seq = tonumber(q)
+  if v == '' then
+    return {s == status and 'unchanged' or 'stale', seq, s}
+  end
+  local stored_version = tonumber(v)
   if version < stored_version then
     return {'stale', seq, s}
   end
   if s == status then
     if version > stored_version then
-      redis.call('HSET', jobs_key, member, status .. '|' .. version_text .. '|' .. seq .. '|' .. t)
+      redis.call('HSET', jobs_key, member, state(seq, t))
     end
     return {'unchanged', seq, s}
   end
@@ -65,7 +89,7 @@ if stored then
 else
   redis.call('HINCRBY', meta_key, 'count:' .. source, 1)
   if silent then
-    redis.call('HSET', jobs_key, member, status .. '|' .. version_text .. '|0|0')
+    redis.call('HSET', jobs_key, member, state(0, '0'))
     if open_score ~= '' then
       redis.call('ZADD', open_key, open_score, member)
     end
@@ -74,7 +98,7 @@ else
 end
 
 seq = seq + 1
-redis.call('HSET', jobs_key, member, status .. '|' .. version_text .. '|' .. seq .. '|0')
+redis.call('HSET', jobs_key, member, state(seq, '0'))
 if open_score ~= '' then
   redis.call('ZADD', open_key, open_score, member)
 else
@@ -85,6 +109,24 @@ redis.call('XADD', events_key, '*',
   'prev', prev_status, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', extra_json)
 return {'emitted', seq, prev_status}
 """.replace("RANKS", "{" + ", ".join(f"{status} = {RANK[status]}" for status in STATUSES) + "}")
+
+# Finished jobs' records past retention: each (member, value read, replacement) is applied
+# only if the record still holds that value; an empty replacement deletes it.
+FORGET = """
+local jobs_key = KEYS[1]
+local forgotten = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', jobs_key, ARGV[i]) == ARGV[i + 1] then
+    if ARGV[i + 2] == '' then
+      redis.call('HDEL', jobs_key, ARGV[i])
+      forgotten = forgotten + 1
+    else
+      redis.call('HSET', jobs_key, ARGV[i], ARGV[i + 2])
+    end
+  end
+end
+return forgotten
+"""
 
 # One `stalled` event for a job still in `expected` status; the flag resets on a status change.
 STALL = """
@@ -121,9 +163,10 @@ OUTBOX_LAG_CAP = 100_000  # counting further than this (Redis < 7) costs more th
 @dataclass(frozen=True, slots=True)
 class StoredState:
     status: str
-    version: int
+    version: int  # 0 for a finished job's record (it keeps no version)
     sequence: int
     stalled: bool
+    finished_minute: int | None = None  # a finished job's last activity, minutes since epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +190,21 @@ class Outcome:
 def parse_state(raw: str | None) -> StoredState | None:
     if raw is None:
         return None
-    status, version, sequence, stalled = raw.split("|")
-    return StoredState(status, int(version), int(sequence), stalled == "1")
+    status, version, sequence, flag = raw.split("|")
+    if not version:  # finished: "status||seq|minute"
+        return StoredState(status, 0, int(sequence), False, int(flag))
+    return StoredState(status, int(version), int(sequence), flag == "1")
+
+
+def last_activity(job: Job) -> float | None:
+    """The latest of the job's timestamps (seconds since the epoch): when it last changed."""
+    stamps = (job.created_at, job.updated_at, job.started_at, job.completed_at)
+    known = [stamp.timestamp() for stamp in stamps if stamp is not None]
+    return max(known) if known else None
+
+
+def _minute(seconds: float) -> int:
+    return int(seconds // 60)
 
 
 class Store:
@@ -164,8 +220,10 @@ class Store:
         self.open_key = store_key(name, "open")
         self.meta_key = store_key(name, "meta")
         self.events_key = store_key(name, "events")
+        self.analytics = JobAnalytics(redis, name)
         self._observe = redis.register_script(OBSERVE)
         self._stall = redis.register_script(STALL)
+        self._forget = redis.register_script(FORGET)
 
     async def states(self, source: str, job_ids: Sequence[str]) -> list[StoredState | None]:
         """The stored state of each job, in order (None for never seen)."""
@@ -174,8 +232,14 @@ class Store:
         raw = await self.redis.hmget(self.jobs_key, [f"{source}:{i}" for i in job_ids])
         return [parse_state(r) for r in raw]
 
-    async def observe(self, observations: Iterable[Observation]) -> list[Outcome]:
-        """Run the observe script for each observation, pipelined; each one is atomic."""
+    async def observe(
+        self, observations: Iterable[Observation], *, marker: str = ""
+    ) -> list[Outcome]:
+        """Run the observe script for each observation, pipelined; each one is atomic.
+
+        With `marker` (a meta field), an observation made after Redis lost that field writes
+        nothing and comes back `lost`.
+        """
         observations = list(observations)
         if not observations:
             return []
@@ -184,11 +248,18 @@ class Store:
             for obs in observations:
                 await self._observe(
                     keys=[self.jobs_key, self.open_key, self.events_key, self.meta_key],
-                    args=self._observe_args(obs, observed_at),
+                    args=[*self._observe_args(obs, observed_at), marker],
                     client=pipe,
                 )
             replies = await pipe.execute()
-        return [Outcome(str(r[0]), int(r[1]), str(r[2]) or None) for r in replies]
+        outcomes = [Outcome(str(r[0]), int(r[1]), str(r[2]) or None) for r in replies]
+        await self.analytics.record(
+            newly_finished(
+                (obs.job, out.result, out.previous_status)
+                for obs, out in zip(observations, outcomes, strict=True)
+            )
+        )
+        return outcomes
 
     def _observe_args(self, obs: Observation, observed_at: str) -> list[Any]:
         job = obs.job
@@ -210,6 +281,7 @@ class Store:
             job.source,
             json.dumps(job.to_dict(), separators=(",", ":")),
             json.dumps(extra, separators=(",", ":")),
+            _minute(last_activity(job) or time.time()) if job.terminal else "",
         ]
 
     async def mark_stalled(self, job: Job) -> bool:
@@ -238,6 +310,35 @@ class Store:
         """A job the API no longer knows (404): stop watching it, keep its history."""
         await self.redis.zrem(self.open_key, f"{source}:{job_id}")
 
+    async def forget_finished(self, source: str, before: float, *, batch: int = 1000) -> int:
+        """Delete the records of `source`'s jobs that finished before `before` (epoch seconds).
+
+        One HSCAN pass, a compare-and-delete per batch: cheap enough to run every hour.
+        Records written before they carried their finishing minute get this minute (their
+        retention starts now). Returns how many records were forgotten.
+        """
+        cutoff = _minute(before)
+        now = _minute(time.time())
+        forgotten = 0
+        cursor = 0
+        while True:
+            cursor, entries = await self.redis.hscan(
+                self.jobs_key, cursor, match=f"{source}:*", count=batch
+            )
+            changes: list[str] = []
+            for member, raw in entries.items():
+                state = parse_state(raw)
+                if state is None or state.status not in TERMINAL:
+                    continue
+                if state.finished_minute is None:
+                    changes += [member, raw, f"{state.status}||{state.sequence}|{now}"]
+                elif state.finished_minute < cutoff:
+                    changes += [member, raw, ""]
+            if changes:
+                forgotten += int(await self._forget(keys=[self.jobs_key], args=changes))
+            if cursor == 0:
+                return forgotten
+
     async def get_meta(self, field: str) -> str | None:
         return await self.redis.hget(self.meta_key, field)
 
@@ -246,6 +347,9 @@ class Store:
 
     async def set_meta(self, **fields: str | int | float) -> None:
         await self.redis.hset(self.meta_key, mapping={k: str(v) for k, v in fields.items()})
+
+    async def delete_meta(self, *fields: str) -> None:
+        await self.redis.hdel(self.meta_key, *fields)
 
     async def known_count(self, source: str) -> int:
         return int(await self.get_meta(f"count:{source}") or 0)

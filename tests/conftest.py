@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
+from cluster import ClusterUnavailable, LocalCluster, local_cluster
 
 from bridge.app import open_redis
 from bridge.embedded import EmbeddedRedis, answers
@@ -52,3 +53,18 @@ def require_service(name: str, reachable: bool) -> None:
     if IN_CI:
         pytest.fail(f"CI is set and {name} is not reachable")
     pytest.skip(f"{name} is not running here")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real six-node Redis Cluster (three masters, three replicas) for this test session.
+
+    Needs redis-server and redis-cli on PATH: a skip on a laptop without them, a failure in CI.
+    """
+    try:
+        with local_cluster() as cluster:
+            yield cluster
+    except ClusterUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"CI is set and no Redis Cluster could be started: {exc}")
+        pytest.skip(str(exc))

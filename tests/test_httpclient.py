@@ -111,6 +111,19 @@ async def local(aiohttp_server: ServerFactory) -> tuple[Counter, TestServer]:
         ("64:ff9b::10.0.0.1", "private (RFC 1918)"),
         ("64:ff9b::127.0.0.1", "loopback"),
         ("2002:a9fe:a9fe::", "cloud metadata"),  # 6to4 of 169.254.169.254
+        ("::127.0.0.1", "loopback"),  # IPv4-compatible
+        ("::10.0.0.1", "private (RFC 1918)"),
+        ("::169.254.169.254", "cloud metadata"),
+        ("::ffff:0:127.0.0.1", "loopback"),  # IPv4-translated (SIIT)
+        ("::ffff:0:192.168.1.1", "private (RFC 1918)"),
+        ("::ffff:0:169.254.169.254", "cloud metadata"),
+        ("64:ff9b::192.168.0.1", "private (RFC 1918)"),
+        ("64:ff9b::169.254.169.254", "cloud metadata"),
+        ("64:ff9b:1::10.0.0.1", "local-use NAT64"),
+        ("64:ff9b:1::8.8.8.8", "local-use NAT64"),
+        ("64:ff9b:1:ffff::1", "local-use NAT64"),
+        ("fec0::1", "site-local (deprecated)"),
+        ("feff::1", "site-local (deprecated)"),
         ("172.15.255.255", None),
         ("172.32.0.1", None),
         ("100.128.0.1", None),
@@ -119,6 +132,7 @@ async def local(aiohttp_server: ServerFactory) -> tuple[Counter, TestServer]:
         ("2606:4700:4700::1111", None),
         ("::ffff:8.8.8.8", None),
         ("64:ff9b::8.8.8.8", None),
+        ("::ffff:0:8.8.8.8", None),
     ],
 )
 def test_classify_address(address: str, reason: str | None) -> None:
@@ -138,6 +152,10 @@ def test_classify_address(address: str, reason: str | None) -> None:
         ("http://10.0.0.1/hook", "refused 10.0.0.1 (private (RFC 1918))"),
         ("https://10.0.0.1/hook", "refused 10.0.0.1 (private (RFC 1918))"),
         ("http://[::ffff:10.0.0.1]/hook", "(private (RFC 1918))"),
+        ("http://[::127.0.0.1]:{port}/hook", "(loopback)"),
+        ("http://[::ffff:0:127.0.0.1]:{port}/hook", "(loopback)"),
+        ("http://[64:ff9b:1::a00:1]/hook", "(local-use NAT64)"),
+        ("http://[fec0::1]/hook", "(site-local (deprecated))"),
         (
             "http://169.254.169.254/latest/meta-data/iam/",
             "refused 169.254.169.254 (cloud metadata)",

@@ -44,6 +44,10 @@ class RedisConfig(Model):
     url: RedisUrl | None = None
 
 
+def _only_pcm() -> list[Source]:
+    return ["pcm"]
+
+
 class StoreConfig(Model):
     """One Elastic Path store to poll."""
 
@@ -51,7 +55,7 @@ class StoreConfig(Model):
     api_base: HttpUrl
     client_id: NonEmptyStr
     client_secret: Secret
-    sources: Annotated[list[Source], Field(min_length=1)] = Field(default_factory=lambda: ["pcm"])
+    sources: Annotated[list[Source], Field(min_length=1)] = Field(default_factory=_only_pcm)
     poll_interval: PositiveDuration = 5.0
     idle_poll_interval: PositiveDuration = 30.0
     max_requests_per_second: float = Field(5.0, gt=0)
@@ -159,6 +163,7 @@ class BridgeConfig(Model):
     attempt_retention: Retention = 7 * DAY
     attempt_log_max: int = Field(10_000, ge=100)
     consumer_retention: Retention = HOUR
+    finished_job_retention: Retention = 30 * DAY
     log_level: str = "info"
 
     @field_validator("redis", "subscriptions", mode="before")

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.simulator.faults import corrupt_records
+from bridge.simulator.faults import bad_request, corrupt_records
 from bridge.simulator.model import SimJob
 from bridge.simulator.replies import (
     json_error,
@@ -91,6 +91,8 @@ def _v2_job(request: web.Request) -> SimJob | None:
 async def _pcm_list(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR]
     limit, offset = _page(request)
+    if sim.faults.ignore_offset:
+        offset = 0
     ordered = sim.pcm_jobs_in_order()
     page = [sim.render(job) for job in ordered[offset : offset + limit]]
     data = corrupt_records(sim.faults, sim.rng, page)
@@ -105,6 +107,8 @@ async def _pcm_get(request: web.Request) -> web.Response:
     job = _pcm_job(request)
     if job is None:
         return pcm_not_found()
+    if (refused := bad_request(sim.faults, job.id)) is not None:
+        return refused
     return web.json_response({"data": corrupt_records(sim.faults, sim.rng, [sim.render(job)])[0]})
 
 
@@ -148,6 +152,8 @@ async def _v2_get(request: web.Request) -> web.Response:
     job = _v2_job(request)
     if job is None:
         return v2_not_found()
+    if (refused := bad_request(sim.faults, job.id)) is not None:
+        return refused
     record = sim.render(job, origin(request))
     return web.json_response({"data": corrupt_records(sim.faults, sim.rng, [record])[0]})
 

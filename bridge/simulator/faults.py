@@ -6,7 +6,7 @@ import asyncio
 import math
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -27,14 +27,25 @@ class Faults:
     retry_after: float | None = None
     token_lifetime: float = 3600.0
     faults_on_token: bool = False
+    # An API that ignores `page[offset]`: every page of /pcm/jobs is the first one.
+    ignore_offset: bool = False
+    # Jobs whose GET /pcm/jobs/{id} and /v2/jobs/{id} answer 400 (a poison job).
+    bad_request_jobs: list[str] = field(default_factory=list)
+
+
+_FLAGS = ("faults_on_token", "ignore_offset")
 
 
 def check_fault(name: str, value: Any) -> Any:
     """`value` for the `Faults` field `name`, checked; ValueError names what is wrong."""
-    if name == "faults_on_token":
+    if name in _FLAGS:
         if not isinstance(value, bool):
-            raise ValueError("faults_on_token must be true or false")
+            raise ValueError(f"{name} must be true or false")
         return value
+    if name == "bad_request_jobs":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError("bad_request_jobs must be a list of job ids")
+        return list(value)
     if name == "retry_after" and value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
@@ -64,6 +75,19 @@ def corrupt_records(
     else:
         stamps["created_at"] = "yesterday-ish"
     return records
+
+
+def bad_request(faults: Faults, job_id: str) -> web.Response | None:
+    """The poison-job fault: a 400 for the GET of a job listed in `bad_request_jobs`."""
+    if job_id not in faults.bad_request_jobs:
+        return None
+    return json_error(
+        400,
+        status="400",
+        title="Bad Request",
+        detail="The request could not be processed.",
+        request_id=str(uuid.uuid4()),
+    )
 
 
 async def early_fault(faults: Faults, rng: random.Random, route: str) -> web.Response | None:
