@@ -265,14 +265,13 @@ class Lane:
     def _task_done(self, task: asyncio.Task[None], key: str, entry_id: str) -> None:
         self._tasks.discard(task)
         self._room.set()
-        if task.cancelled() or task.exception() is not None:
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or error is not None:
             if entry_id:
                 # Not acknowledged and no longer kept fresh: claimed and handled again later.
                 self.held[key].discard(entry_id)
-            if not task.cancelled():
-                log.warning(
-                    "outbox_entry_failed", subscription=self.name, error=describe(task.exception())
-                )
+            if error is not None:
+                log.warning("outbox_entry_failed", subscription=self.name, error=describe(error))
 
     async def _deliver_entry(self, key: str, entry_id: str, event: dict[str, Any]) -> None:
         health = await self._cached_health()
