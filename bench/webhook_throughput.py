@@ -204,9 +204,10 @@ async def bridge_run(
     await redis.flushdb()
     await receiver.reset()
     config = bench_config(receiver.base, subscriptions)
-    append_seconds, bodies = await fill_outbox(redis, EVENTS)
     dispatcher = make_dispatcher(redis, config)
     stop = asyncio.Event()
+    await dispatcher.prepare(stop)  # consumer groups first: they start at the outbox's end
+    append_seconds, bodies = await fill_outbox(redis, EVENTS)
     started = time.perf_counter()
     task = asyncio.create_task(dispatcher.run(stop))
     await receiver.wait_for(EVENTS * subscriptions)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from bridge.config import SubscriptionBase
-from bridge.keys import RETRY, attempts_key
+from bridge.deliveries import Deliveries
+from bridge.keys import attempts_key
+from bridge.outbox import backlog
 from bridge.store import Store, event_from_outbox
 
 
@@ -85,26 +86,17 @@ def _summary(event: dict[str, Any], attempts: dict[str, list[dict[str, Any]]]) -
 
 
 async def backlogs(
-    redis: aioredis.Redis,
-    subscriptions: Sequence[SubscriptionBase],
-    outboxes: Mapping[str, Mapping[str, int | None]],
+    redis: aioredis.Redis, subscriptions: Sequence[SubscriptionBase], outbox_keys: Sequence[str]
 ) -> dict[str, int]:
-    """Events each subscription still owes: outbox entries of its stores that the dispatcher
-    has not finished (unread or in delivery), plus its deliveries waiting for a retry.
-
-    `outboxes`: Store.outbox_status of each store, by name. One consumer group serves every
-    subscription today, so the outbox part is shared by the subscriptions of a store.
-    """
-    retrying = Counter(m.split("\n", 1)[0] for m in await redis.zrange(RETRY, 0, -1))
+    """Events each subscription still owes: outbox entries its own consumer group has not
+    finished (unread or in delivery; bridge.outbox.backlog), plus its deliveries waiting for
+    a retry. A subscription off in the config owes nothing here."""
+    deliveries = Deliveries(redis)
     result = {}
     for sub in subscriptions:
         if not sub.enabled:
             result[sub.name] = 0
             continue
-        owed = sum(
-            (status.get("lag") or 0) + (status.get("pending") or 0)
-            for name, status in outboxes.items()
-            if sub.filter.stores is None or name in sub.filter.stores
-        )
-        result[sub.name] = owed + retrying[sub.name]
+        owed = await backlog(redis, outbox_keys, sub.name)
+        result[sub.name] = owed["events"] + await deliveries.retry_count(sub.name)
     return result

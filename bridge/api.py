@@ -27,7 +27,7 @@ from bridge import analytics, api_subscriptions, console, readiness
 from bridge.activity import backlogs, recent_events
 from bridge.apiguard import TOKEN, ApiError, access, int_query, json_body, json_errors
 from bridge.deliveries import Deliveries
-from bridge.keys import DEAD_LETTERS, attempts_key, health_key
+from bridge.keys import attempts_key, health_key
 from bridge.metrics import CONTENT_TYPE
 from bridge.openapi import document
 from bridge.status import read_status
@@ -105,8 +105,9 @@ async def status(request: web.Request) -> web.Response:
     }
     counters = {name: dict(counts) for name, counts in bridge.dispatcher.counts.items()}
     body = view.to_json(pollers, counters)
-    outboxes = {store.name: store.outbox for store in view.stores}
-    backlog = await backlogs(bridge.redis, bridge.config.subscriptions, outboxes)
+    backlog = await backlogs(
+        bridge.redis, bridge.config.subscriptions, bridge.dispatcher.outbox_keys
+    )
     for sub in body["subscriptions"]:
         sub["backlog"] = backlog[sub["name"]]
     return web.json_response(body)
@@ -167,7 +168,7 @@ async def dlq_list(request: web.Request) -> web.Response:
         letters = await deliveries.dead_letters(subscription)
     if subscription is not None and not letters:
         await _known_subscription(bridge, subscription)
-    total = await bridge.redis.xlen(DEAD_LETTERS)
+    total = await deliveries.dead_letter_count()
     return web.json_response(
         {"dead_letters": [asdict(letter) for letter in letters], "total": total}
     )

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from bridge.api import make_api
 from bridge.config import BridgeConfig, StoreConfig, SubscriptionBase
+from bridge.deliveries import Bounds
 from bridge.dispatcher import Dispatcher
 from bridge.elasticpath import ElasticPathClient
 from bridge.embedded import EmbeddedRedis
@@ -95,12 +96,11 @@ class Bridge:
             redis,
             [store.events_key for store in self.stores.values()],
             deliverable(config, config.subscriptions),
-            {
-                sub.name: self.sink_for(sub)
-                for sub in deliverable(config, config.subscriptions)
-                if sub.enabled
-            },
             claim_idle=claim_idle,
+            bounds=Bounds.from_config(config),
+            outbox_retention=config.outbox_retention,
+            outbox_max_entries=config.outbox_max_entries,
+            consumer_retention=config.consumer_retention,
             on_attempt=self.metrics.observe_delivery,
             build_sink=self.sink_for,
         )
@@ -157,7 +157,10 @@ class Bridge:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        await self.live.refresh()  # the API's subscriptions, before the first event is routed
+        # Every subscription's consumer groups exist before the first event is emitted: the
+        # config file's (prepare), then the API's (their lanes are made by refresh).
+        await self.dispatcher.prepare(stop)
+        await self.live.refresh()
         for name in self.stores:
             self.start_pollers(name)
         self.supervisor.start("dispatcher", self.dispatcher.run, stop)

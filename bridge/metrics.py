@@ -18,8 +18,8 @@ from bridge import __version__
 from bridge.activity import backlogs
 from bridge.analytics import BOUNDS
 from bridge.deliveries import Deliveries
-from bridge.dispatcher import GROUP
 from bridge.jobs import Job
+from bridge.outbox import outbox_status
 from bridge.sinks import DeliveryResult
 
 if TYPE_CHECKING:
@@ -116,14 +116,17 @@ async def _read(bridge: Bridge) -> _Snapshot:
         if found:
             last_polls[(poller.store.name, poller.source)] = float(found)
     subscriptions = bridge.config.subscriptions
-    outboxes = {name: await store.outbox_status(GROUP) for name, store in bridge.stores.items()}
+    outboxes = {
+        name: await outbox_status(bridge.redis, store.events_key)
+        for name, store in bridge.stores.items()
+    }
     return _Snapshot(
         bridge=bridge,
         last_polls=last_polls,
         enabled={s.name: (await deliveries.health(s.name)).enabled for s in subscriptions},
         outboxes=outboxes,
         retry_queue=await deliveries.retry_count(),
-        backlogs=await backlogs(bridge.redis, subscriptions, outboxes),
+        backlogs=await backlogs(bridge.redis, subscriptions, bridge.dispatcher.outbox_keys),
     )
 
 

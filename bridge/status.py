@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 
 from bridge.config import BridgeConfig, SubscriptionBase
 from bridge.deliveries import Deliveries
-from bridge.dispatcher import GROUP
 from bridge.jobs import format_epoch
+from bridge.outbox import outbox_status
 from bridge.store import Store
 
 # Times of a subscription's status, in seconds since the epoch.
@@ -27,7 +27,7 @@ _SUBSCRIPTION_TIMES = ("last_success_at", "last_failure_at", "failing_since")
 class StoreStatus:
     name: str
     sources: dict[str, dict[str, Any]]  # source -> Store.source_status
-    outbox: dict[str, int | None]  # Store.outbox_status
+    outbox: dict[str, int | None]  # bridge.outbox.outbox_status
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ async def read_status(
         sources: dict[str, dict[str, Any]] = {
             s: await store.source_status(s) for s in store_config.sources
         }
-        found.append(StoreStatus(store.name, sources, await store.outbox_status(GROUP)))
+        found.append(StoreStatus(store.name, sources, await outbox_status(redis, store.events_key)))
     deliveries = Deliveries(redis)
     subscriptions = [(sub, await deliveries.status(sub.name)) for sub in config.subscriptions]
     return StatusView(found, subscriptions)

@@ -36,13 +36,12 @@ local silent = ARGV[4] == "1"       -- baseline: record a job never seen before,
 local open_score = ARGV[5]          -- stall reference (ms) of an open job, "" once finished
 local event_id = ARGV[6]
 local observed_at = ARGV[7]
-local min_id = ARGV[8]              -- outbox entries older than this may be trimmed
-local store = ARGV[9]
-local source = ARGV[10]
-local job_json = ARGV[11]
-local extra_json = ARGV[12]
-local finished_minute = ARGV[13]    -- a finished job's last activity (minutes), "" while open
-local marker = ARGV[14]             -- meta field that must exist, "" for none
+local store = ARGV[8]
+local source = ARGV[9]
+local job_json = ARGV[10]
+local extra_json = ARGV[11]
+local finished_minute = ARGV[12]    -- a finished job's last activity (minutes), "" while open
+local marker = ARGV[13]             -- meta field that must exist, "" for none
 
 -- A Redis that lost its data (restart without persistence, FLUSHDB) has no marker: write
 -- nothing, so that the poller notices and recovers instead of recording changes silently.
@@ -105,7 +104,7 @@ if open_score ~= '' then
 else
   redis.call('ZREM', open_key, member)
 end
-redis.call('XADD', events_key, 'MINID', '~', min_id, '*',
+redis.call('XADD', events_key, '*',
   'id', event_id, 'store', store, 'source', source, 'status', status,
   'prev', prev_status, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', extra_json)
 return {'emitted', seq, prev_status}
@@ -137,10 +136,9 @@ local member = ARGV[1]
 local expected = ARGV[2]
 local event_id = ARGV[3]
 local observed_at = ARGV[4]
-local min_id = ARGV[5]
-local store = ARGV[6]
-local source = ARGV[7]
-local job_json = ARGV[8]
+local store = ARGV[5]
+local source = ARGV[6]
+local job_json = ARGV[7]
 
 local stored = redis.call('HGET', jobs_key, member)
 if not stored then
@@ -152,7 +150,7 @@ if s ~= expected or t == '1' then
 end
 local seq = tonumber(q) + 1
 redis.call('HSET', jobs_key, member, s .. '|' .. v .. '|' .. seq .. '|1')
-redis.call('XADD', events_key, 'MINID', '~', min_id, '*',
+redis.call('XADD', events_key, '*',
   'id', event_id, 'store', store, 'source', source, 'status', 'stalled',
   'prev', s, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', '{}')
 return {'emitted', seq}
@@ -227,9 +225,6 @@ class Store:
         self._stall = redis.register_script(STALL)
         self._forget = redis.register_script(FORGET)
 
-    def _min_id(self) -> str:
-        return str(int((time.time() - self.outbox_retention) * 1000))
-
     async def states(self, source: str, job_ids: Sequence[str]) -> list[StoredState | None]:
         """The stored state of each job, in order (None for never seen)."""
         if not job_ids:
@@ -249,12 +244,11 @@ class Store:
         if not observations:
             return []
         observed_at = now_iso()
-        min_id = self._min_id()
         async with self.redis.pipeline(transaction=False) as pipe:
             for obs in observations:
                 await self._observe(
                     keys=[self.jobs_key, self.open_key, self.events_key, self.meta_key],
-                    args=[*self._observe_args(obs, observed_at, min_id), marker],
+                    args=[*self._observe_args(obs, observed_at), marker],
                     client=pipe,
                 )
             replies = await pipe.execute()
@@ -267,7 +261,7 @@ class Store:
         )
         return outcomes
 
-    def _observe_args(self, obs: Observation, observed_at: str, min_id: str) -> list[Any]:
+    def _observe_args(self, obs: Observation, observed_at: str) -> list[Any]:
         job = obs.job
         open_score = "" if job.terminal else str(obs.stall_reference_ms or 0)
         extra: dict[str, Any] = {}
@@ -283,7 +277,6 @@ class Store:
             open_score,
             event_id(self.name, job.source, job.id, job.status),
             observed_at,
-            min_id,
             self.name,
             job.source,
             json.dumps(job.to_dict(), separators=(",", ":")),
@@ -300,7 +293,6 @@ class Store:
                 job.status,
                 stalled_event_id(self.name, job.source, job.id, job.status),
                 now_iso(),
-                self._min_id(),
                 self.name,
                 job.source,
                 json.dumps(job.to_dict(), separators=(",", ":")),

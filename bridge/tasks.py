@@ -76,6 +76,15 @@ class Supervisor:
         """Every loop of this supervisor and of its children, in the order they were started."""
         return [*self._states.values(), *(s for c in self._children for s in c.states())]
 
+    def adopt(self, child: Supervisor) -> None:
+        """List `child`'s loops in `states()` too (a lane started while running)."""
+        if child not in self._children:
+            self._children.append(child)
+
+    def disown(self, child: Supervisor) -> None:
+        if child in self._children:
+            self._children.remove(child)
+
     async def finish(self, grace: float) -> None:
         """End every loop: `grace` seconds to see the (already set) stop event, then cancel."""
         tasks = list(self._tasks.values())
@@ -84,7 +93,8 @@ class Supervisor:
 
     async def retire(self, name: str, grace: float) -> None:
         """End one loop, whose own stop event the caller has set, and forget it: a loop that
-        is no longer wanted (a store removed from the config) is not a dead one."""
+        is no longer wanted (a lane removed, a store removed from the config) is not a dead
+        one to report."""
         task = self._tasks.pop(name, None)
         if task is not None:
             await finish([task], grace)

@@ -19,10 +19,10 @@ import redis.asyncio as aioredis
 import structlog
 
 from bridge.config import BridgeConfig, SubscriptionBase
-from bridge.deliveries import ATTEMPT_RETENTION, ATTEMPTS_PER_EVENT, ATTEMPTS_PER_SUBSCRIPTION
+from bridge.deliveries import ATTEMPTS_PER_EVENT, Bounds
 from bridge.events import build_event, encode
 from bridge.jobs import now_iso
-from bridge.keys import attempts_key
+from bridge.keys import LANES, attempts_key
 from bridge.sinks.base import DeliveryResult, SinkContext, capped, describe_error, elapsed_ms
 from bridge.sinks.registry import MissingExtra, build_sink
 
@@ -89,13 +89,13 @@ async def send_test(redis: aioredis.Redis, config: BridgeConfig, sub: Subscripti
     finally:
         await sink.close()
     result_ms = result.duration_ms or elapsed_ms(started)
-    await _record(redis, sub.name, event["id"], result)
+    await _record(redis, Bounds.from_config(config), sub.name, event["id"], result)
     log.info("test_event_sent", subscription=sub.name, ok=result.ok, status=result.status)
     return Outcome(result.ok, result.status, result_ms, None if result.ok else result.reason)
 
 
 async def _record(
-    redis: aioredis.Redis, subscription: str, event_id: str, result: DeliveryResult
+    redis: aioredis.Redis, bounds: Bounds, subscription: str, event_id: str, result: DeliveryResult
 ) -> None:
     """The attempt in the subscription's and the event's logs, as Deliveries writes them,
     marked as a test; the health hash is not touched."""
@@ -114,13 +114,14 @@ async def _record(
         }
     )
     async with redis.pipeline(transaction=False) as pipe:
+        pipe.sadd(LANES, subscription)  # it has delivery state now (Deliveries.register)
         pipe.xadd(
             attempts_key(subscription),
             {"record": record},
-            maxlen=ATTEMPTS_PER_SUBSCRIPTION,
+            maxlen=bounds.attempt_log,
             approximate=True,
         )
         pipe.lpush(attempts_key(subscription, event_id), record)
         pipe.ltrim(attempts_key(subscription, event_id), 0, ATTEMPTS_PER_EVENT - 1)
-        pipe.expire(attempts_key(subscription, event_id), ATTEMPT_RETENTION)
+        pipe.expire(attempts_key(subscription, event_id), int(bounds.attempts))
         await pipe.execute()

@@ -131,6 +131,9 @@ async def running(
     bridge = Bridge(config, redis, claim_idle=claim_idle, config_path=config_path)
     task = asyncio.create_task(bridge.run(stop))
     try:
+        # Consumer groups start at the end of the outbox: events written before would be
+        # history (`replay --since`), as for a bridge seeing its subscriptions for the first time.
+        await asyncio.wait_for(bridge.dispatcher.prepared.wait(), 10)
         yield bridge
         assert not task.done(), "the bridge stopped by itself"
     finally:

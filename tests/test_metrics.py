@@ -101,7 +101,7 @@ async def test_metrics_keep_old_families_and_observe_a_finished_job(
         last_poll = sample(families, "jobs_bridge_last_poll_timestamp_seconds", store=STORE)
         assert last_poll is not None and abs(time.time() - last_poll) < 10
         assert sample(families, "jobs_bridge_build_info", version=__version__) == 1
-        assert sample(families, "jobs_bridge_loop_alive", loop="dispatcher:consume") == 1
+        assert sample(families, "jobs_bridge_loop_alive", loop=f"lane:{SUBSCRIPTION}:consume") == 1
         assert sample(families, "jobs_bridge_loop_restarts", "_total", loop="dispatcher") == 0
 
         async def no_backlog() -> bool:

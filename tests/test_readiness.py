@@ -65,7 +65,7 @@ async def test_not_ready_while_a_loop_is_dead(aiohttp_server, redis_client, redi
         status, body = await running.get("/readyz", headers={"authorization": ""})
         assert status == 200 and body["status"] == "ready" and body["reasons"] == []
         names = {loop["name"] for loop in body["loops"]}
-        assert {"poller:console-store:pcm", "dispatcher", "dispatcher:consume"} <= names
+        assert {"poller:console-store:pcm", "dispatcher", "lane:ops-hook:consume"} <= names
 
         running.bridge.supervisor.backoff_first = 1.0  # dead for a second, then restarted
         armed.append(Crash("cycle blew up"))

@@ -263,20 +263,25 @@ async def test_test_event_is_signed_and_its_attempt_recorded(
 
 
 @contextlib.asynccontextmanager
-async def broker_names() -> AsyncIterator[tuple[str, str, str]]:
-    """A NATS subject prefix and stream, and a RabbitMQ exchange, of this test's own: the
-    brokers are shared, so what the test made is deleted afterwards."""
+async def broker_names() -> AsyncIterator[tuple[str, str, str, Any]]:
+    """A NATS subject prefix and stream, and a RabbitMQ exchange with a queue bound to it (its
+    publishes are mandatory), of this test's own: the brokers are shared, so what the test
+    made is deleted afterwards."""
     token = uuid.uuid4().hex[:12]
     prefix, stream, exchange = f"jbtest.{token}", f"JBTEST_{token.upper()}", f"jb-test-{token}"
-    try:
-        yield prefix, stream, exchange
-    finally:
-        connection = await nats.connect(NATS_URL)
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await connection.jetstream().delete_stream(stream)
-        await connection.close()
-        async with await aio_pika.connect(RABBITMQ_URL) as amqp:
-            await (await amqp.channel()).exchange_delete(exchange)
+    async with await aio_pika.connect(RABBITMQ_URL) as amqp:
+        channel = await amqp.channel()
+        bound = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(bound, "#")
+        try:
+            yield prefix, stream, exchange, queue
+        finally:
+            connection = await nats.connect(NATS_URL)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await connection.jetstream().delete_stream(stream)
+            await connection.close()
+            await channel.exchange_delete(exchange)
 
 
 async def test_every_type_through_the_api(aiohttp_server, redis_url, redis_client):
@@ -286,7 +291,7 @@ async def test_every_type_through_the_api(aiohttp_server, redis_url, redis_clien
     slack_url = str((await aiohttp_server(slack.app)).make_url(WEBHOOK_PATH))
     stream = f"jb-test-{time.time_ns()}"
     async with (
-        broker_names() as (prefix, nats_stream, exchange),
+        broker_names() as (prefix, nats_stream, exchange, queue),
         api_bridge(aiohttp_server, redis_url, redis_client) as api,
     ):
         entries = {
@@ -302,6 +307,8 @@ async def test_every_type_through_the_api(aiohttp_server, redis_url, redis_clien
             outcome = json.loads((await api.call("POST", f"/subscriptions/{name}/test"))[1])
             assert outcome["ok"], (name, outcome)
         assert len(slack.messages) == 1
+        message = await queue.get(timeout=5)
+        assert json.loads(message.body)["type"] == "com.elasticpath.bridge.test"
         job = api.sim.create_job()
 
         async def in_stream() -> bool:

@@ -21,6 +21,7 @@ from bridge.config.types import (
     NonEmptyStr,
     PositiveDuration,
     RedisUrl,
+    Retention,
     Secret,
     StoreName,
     format_duration,
@@ -156,8 +157,13 @@ class BridgeConfig(Model):
     subscriptions: list[Subscription] = Field(default_factory=list)
     api: ApiConfig | None = None
     allow_private_networks: bool = False
-    outbox_retention: PositiveDuration = 7 * DAY
-    finished_job_retention: PositiveDuration = 30 * DAY
+    outbox_retention: Retention = 7 * DAY
+    outbox_max_entries: int = Field(1_000_000, ge=1000)
+    dead_letter_retention: Retention = 30 * DAY
+    attempt_retention: Retention = 7 * DAY
+    attempt_log_max: int = Field(10_000, ge=100)
+    consumer_retention: Retention = HOUR
+    finished_job_retention: Retention = 30 * DAY
     log_level: str = "info"
 
     @field_validator("redis", "subscriptions", mode="before")
@@ -166,13 +172,6 @@ class BridgeConfig(Model):
         # `subscriptions:` with every entry commented out parses as null; mean "none".
         if value is None:
             return {} if info.field_name == "redis" else []
-        return value
-
-    @field_validator("finished_job_retention")
-    @classmethod
-    def _at_least_an_hour(cls, value: float) -> float:
-        if value < HOUR:
-            raise ValueError(f"must be at least 1h (got {format_duration(value)})")
         return value
 
     @field_validator("log_level")

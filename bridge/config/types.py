@@ -128,7 +128,16 @@ def _positive_duration(value: object) -> float:
     return seconds
 
 
+def _retention(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds < HOUR:
+        raise ValueError(f"must be at least 1h (got {format_duration(seconds)})")
+    return seconds
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# How long kept state lives: shorter than an hour is a typo (`1ms`), never a wish.
+Retention = Annotated[float, BeforeValidator(_retention)]
 PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import aiohttp
 
 _SECRET_PREFIX = "whsec_"
+SECRET_BYTES = (24, 64)  # key length Standard Webhooks asks for, in bytes
 
 
 def _check_secret(value: SecretStr) -> SecretStr:
@@ -35,6 +36,11 @@ def _check_secret(value: SecretStr) -> SecretStr:
         ) from None
     if not key:
         raise ValueError("has no key after 'whsec_'")
+    if not SECRET_BYTES[0] <= len(key) <= SECRET_BYTES[1]:
+        raise ValueError(
+            f"must decode to {SECRET_BYTES[0]}-{SECRET_BYTES[1]} bytes (Standard Webhooks); "
+            f"this one has {len(key)}"
+        )
     return value
 
 
