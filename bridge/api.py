@@ -83,14 +83,18 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    reasons, loops = await readiness.check(request.app[BRIDGE])
-    body = {
+async def _readiness(bridge: Bridge) -> dict[str, Any]:
+    reasons, loops = await readiness.check(bridge)
+    return {
         "status": "not ready" if reasons else "ready",
         "reasons": reasons,
         "loops": [asdict(loop) for loop in loops],
     }
-    return web.json_response(body, status=503 if reasons else 200)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    body = await _readiness(request.app[BRIDGE])
+    return web.json_response(body, status=503 if body["reasons"] else 200)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -110,6 +114,8 @@ async def status(request: web.Request) -> web.Response:
     )
     for sub in body["subscriptions"]:
         sub["backlog"] = backlog[sub["name"]]
+    # The console reads readiness here: a 503 from /readyz is an error line in a browser.
+    body["readiness"] = await _readiness(bridge)
     return web.json_response(body)
 
 

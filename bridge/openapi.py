@@ -133,6 +133,7 @@ SCHEMAS: dict[str, Schema] = {
         ["pollers", "outboxes", "subscriptions"],
         {
             "pollers": array(ref("Poller")),
+            "readiness": ref("Readiness"),
             "outboxes": {
                 "type": "object",
                 "additionalProperties": obj(

@@ -276,19 +276,44 @@ class Trimmer:
 
     async def sweep_once(self) -> None:
         """Consumers idle past `consumer_retention` with nothing pending leave their groups
-        (their entries were claimed by then); dead letters past retention go."""
-        horizon = self.consumer_retention * 1000
+        (their entries were claimed by then); groups nobody serves go; dead letters past
+        retention go."""
         for key in self.outbox_keys:
             for info in await _groups(self.redis, key):
                 if subscription_of(info["name"]) is None:
                     continue
-                consumers = await self.redis.xinfo_consumers(key, info["name"])
-                for consumer in consumers:
-                    if consumer["name"] == self.consumer:
-                        continue
-                    if int(consumer["pending"]) == 0 and int(consumer["idle"]) > horizon:
-                        await self.redis.xgroup_delconsumer(key, info["name"], consumer["name"])
-                        log.info("consumer_removed", stream=key, group=info["name"],
-                                 consumer=consumer["name"])  # fmt: skip
+                left = await self._remove_dead_consumers(key, info["name"])
+                if not left:
+                    await self._remove_if_orphaned(key, info)
         for name in await self.deliveries.known():
             await self.deliveries.expire_dead_letters(name)
+
+    async def _remove_dead_consumers(self, key: str, group: str) -> int:
+        """Remove the group's consumers long gone; how many consumers are left."""
+        horizon = self.consumer_retention * 1000
+        left = 0
+        for consumer in await self.redis.xinfo_consumers(key, group):
+            gone = int(consumer["pending"]) == 0 and int(consumer["idle"]) > horizon
+            if consumer["name"] == self.consumer or not gone:
+                left += 1
+                continue
+            await self.redis.xgroup_delconsumer(key, group, consumer["name"])
+            log.info("consumer_removed", stream=key, group=group, consumer=consumer["name"])
+        return left
+
+    async def _remove_if_orphaned(self, key: str, info: Mapping[str, Any]) -> None:
+        """A group of a subscription removed while no process ran (so no `apply` deleted it)
+        would hold trimming back until the hard cap. It goes once it is unknown here, has no
+        consumer, and has owed an entry for longer than `consumer_retention`: a replica with a
+        newer config serving it would be its consumer, and a group just created at `$` owes
+        nothing that old."""
+        name = subscription_of(info["name"])
+        if name is None or name in self.subscriptions():
+            return
+        owed = await oldest_owed(self.redis, key, [info])
+        if owed is None or _order(owed)[0] > (time.time() - self.consumer_retention) * 1000:
+            return
+        await delete_group(self.redis, key, info["name"])
+        log.warning(
+            "consumer_group_removed", stream=key, group=info["name"], subscription=name, owed=owed
+        )

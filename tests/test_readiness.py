@@ -67,7 +67,7 @@ async def test_not_ready_while_a_loop_is_dead(aiohttp_server, redis_client, redi
         names = {loop["name"] for loop in body["loops"]}
         assert {"poller:console-store:pcm", "dispatcher", "lane:ops-hook:consume"} <= names
 
-        running.bridge.supervisor.backoff_first = 1.0  # dead for a second, then restarted
+        running.bridge.supervisor.backoff_first = 2.0  # dead for two seconds, then restarted
         armed.append(Crash("cycle blew up"))
         await eventually(lambda: _answers(running, 503), what="not ready")
         status, body = await running.get("/readyz")
@@ -75,6 +75,9 @@ async def test_not_ready_while_a_loop_is_dead(aiohttp_server, redis_client, redi
         assert body["reasons"] == [
             "loop poller:console-store:pcm is not running: Crash: cycle blew up"
         ]
+        # The console reads the same answer from /status, which stays a 200.
+        status, body = await running.get("/status")
+        assert status == 200 and body["readiness"]["status"] == "not ready"
         await eventually(lambda: _answers(running, 200), what="ready after the restart")
 
 

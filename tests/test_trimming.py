@@ -141,3 +141,21 @@ async def test_dead_letters_expire_and_status_counts_without_reading_them(
     await asyncio.sleep(1.1)
     await deliveries.expire_dead_letters("hook")  # the sweep's step, with no add since
     assert await deliveries.dead_letter_count("hook") == 0
+
+
+async def test_groups_nobody_serves_go_once_they_have_owed_for_a_while(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A subscription removed while no process ran: its group would hold trimming back."""
+    await groups(redis_client, "removed", "configured", "brand-new")
+    await emit(redis_client, 3)
+    await asyncio.sleep(0.6)  # the entries are now older than the consumer retention below
+    await redis_client.xgroup_destroy(events_key(), group_name("brand-new"))
+    await groups(redis_client, "brand-new")  # just created at `$`: owes nothing yet
+    known = {"configured": _failures_only()}
+    with capture_logs() as logs:
+        await trimmer(redis_client, known, consumer_retention=0.5).sweep_once()
+    left = {g["name"] for g in await redis_client.xinfo_groups(events_key())}
+    assert left == {group_name("configured"), group_name("brand-new")}
+    [removed] = [e for e in logs if e["event"] == "consumer_group_removed"]
+    assert removed["subscription"] == "removed"

@@ -318,12 +318,11 @@
     if (state.busy || $("console").hidden || (!force && (state.paused || document.hidden))) return;
     state.busy = true;
     try {
-      const [status, events, dlq, ready, subscriptions] = await Promise.all([
-        api("/status"), api("/events?count=60"), api("/dlq?count=100"), api("/readyz", { okStatuses: [503] }),
-        api("/subscriptions"),
+      const [status, events, dlq, subscriptions] = await Promise.all([
+        api("/status"), api("/events?count=60"), api("/dlq?count=100"), api("/subscriptions"),
       ]);
       const origins = Object.fromEntries(subscriptions.subscriptions.map((s) => [s.name, s.origin]));
-      renderReadiness(ready);
+      renderReadiness(status.readiness);
       renderPollers(status.pollers);
       renderSubscriptions(status.subscriptions, origins);
       renderEvents(events.events);
