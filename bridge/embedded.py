@@ -1,4 +1,4 @@
-"""An embedded Redis server for zero-config runs: a real server process, persisted under data_dir."""
+"""An embedded Redis for zero-config runs: a real server process, persisted under data_dir."""
 
 from __future__ import annotations
 
