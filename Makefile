@@ -4,14 +4,18 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every dependency, extras and dev tools included, pinned for Python 3.11-3.13 (`make lock`).
+CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint lock clean
 
-$(STAMP): pyproject.toml
+$(BIN)/pip:
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,rabbitmq,nats]'
+
+$(STAMP): $(BIN)/pip pyproject.toml $(CONSTRAINTS)
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[dev,rabbitmq,nats]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,5 +32,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bridge tests bench
 	$(BIN)/mypy
 
+# Re-pins after a change to the dependencies of pyproject.toml, keeping every pin it can;
+# `make lock ARGS=--upgrade` moves everything to the newest versions. Needs only uv, not the
+# project installed, so it works while pyproject.toml and the pins disagree.
+lock: $(BIN)/pip
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) uv
+	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 --all-extras \
+		--custom-compile-command "make lock" $(ARGS) pyproject.toml -o $(CONSTRAINTS)
+
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var build .pytest_cache

@@ -21,7 +21,7 @@ from bridge.logs import redact_text
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-USER_AGENT = f"jobs-bridge/{__version__} (+https://github.com/jobs-bridge)"
+USER_AGENT = f"jobs-bridge/{__version__} (+https://github.com/jobs-bridge/jobs-bridge)"
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 # How much of a receiver's answer an attempt record keeps, in characters.
 EXCERPT_CHARS = 1024
