@@ -289,12 +289,12 @@ async def read_excerpt(response: aiohttp.ClientResponse) -> str:
     return raw.decode(errors="replace")[:EXCERPT_CHARS]
 
 
+_STATUS_TEXTS = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+
 def status_text(status: int) -> str:
     """`503 Service Unavailable`: the standard phrase, never the receiver's free-text reason."""
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return str(status)
+    return _STATUS_TEXTS.get(status) or str(status)
 
 
 def describe_connection_failure(exc: BaseException, url: yarl.URL) -> str:

@@ -102,5 +102,5 @@ class HttpSink(Sink["aiohttp.ClientSession"]):
             headers=response.headers,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             text=text,
-            excerpt=redact_text(text[:EXCERPT_CHARS]),
+            excerpt=redact_text(text[:EXCERPT_CHARS]) if text else "",
         )
