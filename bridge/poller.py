@@ -36,7 +36,7 @@ PROGRESS_EVERY_PAGES = 10
 # every job the API counts is recorded, at most this many passes.
 BASELINE_PASSES = 5
 DAY = 86_400.0
-# A page holding at least this many open jobs makes the next page worth reading (see _more_ahead).
+# A page holding at least this many open jobs makes the next page worth reading (_open_cluster).
 OPEN_CLUSTER = 2
 
 
@@ -278,28 +278,23 @@ class Poller:
             await self._process(scan, await self.client.list_v2_jobs())
             scan.report.pages = 1
         else:
-            open_ids = (await self.store.open_jobs(self.source)).keys()
+            open_ids: Collection[str] | None = None  # read once, when first needed
             async with contextlib.aclosing(self._pages(scan)) as pages:
                 async for page in pages:
-                    changes = await self._process(scan, page.records)
-                    if not changes and not await self._more_ahead(scan, page, open_ids):
+                    if await self._process(scan, page.records) or await self._unaccounted(scan):
+                        continue
+                    if open_ids is None:
+                        open_ids = (await self.store.open_jobs(self.source)).keys()
+                    if not _open_cluster(scan, page, open_ids):
                         break
         await self._finish(scan)
         return scan.report
 
-    async def _more_ahead(self, scan: Scan, page: Page, open_ids: Collection[str]) -> bool:
-        """Whether the pages after a page without changes are worth reading this cycle."""
-        # Jobs the API counted when the scan began that the bridge has never recorded are
-        # further on. (Jobs created since are at the top, for the next cycle.)
+    async def _unaccounted(self, scan: Scan) -> bool:
+        """Whether jobs the API counted when the scan began were never recorded: they are
+        further on. (Jobs created since are at the top, for the next cycle.)"""
         accounted = await self.store.known_count(self.source) + scan.report.skipped
-        if scan.report.total is not None and accounted < scan.report.total:
-            return True
-        # Open jobs come in clusters (a catalog import fans out into thousands): while pages
-        # hold several, the next page costs one request where fetching them one by one
-        # would cost one each.
-        on_page = sum(1 for record in page.records if record_id(record) in open_ids)
-        unseen = sum(1 for job_id in open_ids if job_id not in scan.seen)
-        return on_page >= OPEN_CLUSTER and unseen >= OPEN_CLUSTER
+        return scan.report.total is not None and accounted < scan.report.total
 
     async def _finish(self, scan: Scan) -> None:
         """Fetch open jobs the scan did not reach, then look for stalled ones."""
@@ -422,3 +417,14 @@ class Poller:
             sys.stderr.flush()
         elif report.pages % PROGRESS_EVERY_PAGES == 0:
             self._log.info("baseline_progress", pages=report.pages, jobs=report.jobs, total=total)
+
+
+def _open_cluster(scan: Scan, page: Page, open_ids: Collection[str]) -> bool:
+    """Whether open jobs cluster here, so that the next page is worth reading.
+
+    They do after a catalog import fans out into thousands of jobs: reading on costs one
+    request a page, where fetching them one by one would cost one request each.
+    """
+    on_page = sum(1 for record in page.records if record_id(record) in open_ids)
+    unseen = sum(1 for job_id in open_ids if job_id not in scan.seen)
+    return on_page >= OPEN_CLUSTER and unseen >= OPEN_CLUSTER
