@@ -4,8 +4,11 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+# Every script in bench/ but the module they share.
+BENCHES := $(filter-out bench/harness.py,$(wildcard bench/*.py))
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-quick lint clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required" >&2; exit 1; }
@@ -20,8 +23,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q $(ARGS)
 
-bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,rabbitmq,nats,bench]'
+	@touch $(BENCH_STAMP)
+
+# Numbers on stdout, numbers and plots in bench/results/ (about 5 minutes on 2 cores).
+bench: $(BENCH_STAMP)
+	@for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# A smaller run of each, written under bench/results/quick/ (a smoke test, not results).
+bench-quick: $(BENCH_STAMP)
+	@for b in $(BENCHES); do echo "== $$b"; BENCH_QUICK=1 $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check bridge tests bench

@@ -13,8 +13,9 @@ subscription count, in the same run and on the same bodies:
 - bridge: EVENTS events are appended to the outbox first, then the dispatcher drains it to one
   WebhookSink per subscription; the clock runs from its start until the receiver has every
   delivery.
-Then latency: events appended one by one at a steady rate while the dispatcher runs; append
-time (before `observe`) to arrival at the receiver.
+CPU is this process's (the bridge run's includes polling the receiver's count; Redis's own CPU
+is not counted). Then latency: events appended one by one at a steady rate while the dispatcher
+runs; append time (before `observe`) to arrival at the receiver.
 """
 
 from __future__ import annotations
@@ -90,8 +91,10 @@ async def concurrently(
     )
 
 
-async def bare_run(rx: harness.Receiver, events: list[dict[str, Any]], destinations: int) -> float:
-    """Seconds for plain aiohttp to POST every body to every destination."""
+async def bare_run(
+    rx: harness.Receiver, events: list[dict[str, Any]], destinations: int
+) -> harness.Stopwatch:
+    """Time for plain aiohttp to POST every body to every destination."""
     await rx.reset()
     bodies = {e["id"]: encode(e) for e in events}
     sessions = [aiohttp.ClientSession() for _ in range(destinations)]
@@ -103,17 +106,19 @@ async def bare_run(rx: harness.Receiver, events: list[dict[str, Any]], destinati
         ) as response:
             await response.read()
 
-    started = time.perf_counter()
+    watch = harness.Stopwatch()
     await concurrently(destinations, events, send)
-    elapsed = time.perf_counter() - started
+    watch.stop()
     for session in sessions:
         await session.close()
     await rx.wait_for(len(events) * destinations)
-    return elapsed
+    return watch
 
 
-async def sink_run(rx: harness.Receiver, events: list[dict[str, Any]], destinations: int) -> float:
-    """Seconds for the bridge's WebhookSink alone (no Redis, no dispatcher) to do the same."""
+async def sink_run(
+    rx: harness.Receiver, events: list[dict[str, Any]], destinations: int
+) -> harness.Stopwatch:
+    """Time for the bridge's WebhookSink alone (no Redis, no dispatcher) to do the same."""
     await rx.reset()
     config = harness.bridge_config(STORE, [rx.url(n) for n in range(destinations)])
     sinks = [
@@ -123,36 +128,40 @@ async def sink_run(rx: harness.Receiver, events: list[dict[str, Any]], destinati
     for sink in sinks:
         await sink.start()
 
+    bodies = {e["id"]: encode(e) for e in events}
+
     async def send(destination: int, event: dict[str, Any]) -> None:
-        result = await sinks[destination].deliver(event, encode(event))
+        result = await sinks[destination].deliver(event, bodies[event["id"]])
         if not result.ok:
             raise RuntimeError(f"delivery failed: {result.reason}")
 
-    started = time.perf_counter()
+    watch = harness.Stopwatch()
     await concurrently(destinations, events, send)
-    elapsed = time.perf_counter() - started
+    watch.stop()
     for sink in sinks:
         await sink.close()
     await rx.wait_for(len(events) * destinations)
-    return elapsed
+    return watch
 
 
-async def bridge_run(redis: aioredis.Redis, rx: harness.Receiver, destinations: int) -> float:
-    """Seconds for the dispatcher to drain EVENTS outbox entries to every subscription."""
+async def bridge_run(
+    redis: aioredis.Redis, rx: harness.Receiver, destinations: int
+) -> harness.Stopwatch:
+    """Time for the dispatcher to drain EVENTS outbox entries to every subscription."""
     await redis.flushdb()
     await rx.reset()
     await fill_outbox(redis, EVENTS)
     bridge = Bridge(harness.bridge_config(STORE, [rx.url(n) for n in range(destinations)]), redis)
     stop = asyncio.Event()
-    started = time.perf_counter()
+    watch = harness.Stopwatch()
     task = asyncio.create_task(bridge.dispatcher.run(stop))
     await rx.wait_for(EVENTS * destinations)
-    elapsed = time.perf_counter() - started
+    watch.stop()
     stop.set()
     await task
     for client in bridge.clients.values():
         await client.close()
-    return elapsed
+    return watch
 
 
 async def latency_run(redis: aioredis.Redis, rx: harness.Receiver) -> list[float]:
@@ -182,51 +191,62 @@ async def latency_run(redis: aioredis.Redis, rx: harness.Receiver) -> list[float
     return [(arrivals[eid] - at) * 1000 for eid, at in appended.items()]
 
 
-async def measure(redis: aioredis.Redis, rx: harness.Receiver) -> dict[int, dict[str, list[float]]]:
-    """Deliveries per second of each peer, per subscription count, every repeat."""
-    rates: dict[int, dict[str, list[float]]] = {
-        n: {p: [] for p in PEERS} for n in SUBSCRIPTION_COUNTS
-    }
+Runs = dict[int, dict[str, dict[str, list[float]]]]  # subscriptions -> peer -> measure -> runs
+
+
+async def measure(redis: aioredis.Redis, rx: harness.Receiver) -> Runs:
+    """Deliveries per second and CPU microseconds per delivery of each peer, every repeat."""
+    runs: Runs = {n: {p: {"rate": [], "cpu_us": []} for p in PEERS} for n in SUBSCRIPTION_COUNTS}
     await redis.flushdb()
     events = await fill_outbox(redis, EVENTS)
     for repeat in range(REPEATS):
         for n in SUBSCRIPTION_COUNTS:
             deliveries = EVENTS * n
-            for peer, seconds in (
+            for peer, watch in (
                 ("bare", await bare_run(rx, events, n)),
                 ("sink alone", await sink_run(rx, events, n)),
                 ("bridge", await bridge_run(redis, rx, n)),
             ):
-                rates[n][peer].append(deliveries / seconds)
-            row = rates[n]
+                runs[n][peer]["rate"].append(deliveries / watch.wall)
+                runs[n][peer]["cpu_us"].append(watch.cpu / deliveries * 1e6)
+            row = {p: (runs[n][p]["rate"][-1], runs[n][p]["cpu_us"][-1]) for p in PEERS}
             print(
                 f"  #{repeat + 1} {n:>2} subscriptions: "
-                + ", ".join(f"{p} {row[p][-1]:,.0f}/s" for p in PEERS)
-                + f"  (bridge:bare {row['bridge'][-1] / row['bare'][-1]:.2f})"
+                + ", ".join(f"{p} {r:,.0f}/s ({cpu:.0f} us CPU)" for p, (r, cpu) in row.items())
+                + f"; bridge:bare {row['bridge'][0] / row['bare'][0]:.2f}"
             )
-    return rates
+    return runs
 
 
-def draw(rates: dict[int, dict[str, list[float]]]) -> Any:
-    def panel(axis: Any) -> None:
+def draw(runs: Runs) -> Any:
+    def bars(axis: Any, measure: str, best: Any) -> None:
         width = 0.27
         for i, peer in enumerate(PEERS):
             for k, n in enumerate(SUBSCRIPTION_COUNTS):
-                runs = rates[n][peer]
+                values = runs[n][peer][measure]
                 x = k + (i - 1) * width
-                axis.bar(x, max(runs), width, color=COLOURS[peer], label=peer if k == 0 else None)
-                axis.scatter([x] * len(runs), runs, color="black", s=8, zorder=3)
-        for k, n in enumerate(SUBSCRIPTION_COUNTS):
-            ratio = max(rates[n]["bridge"]) / max(rates[n]["bare"])
-            top = max(max(rates[n][p]) for p in PEERS)
-            axis.annotate(f"{ratio:.2f}x", (k + width, top), ha="center", va="bottom", fontsize=8)
+                label = peer if k == 0 else None
+                axis.bar(x, best(values), width, color=COLOURS[peer], label=label)
+                axis.scatter([x] * len(values), values, color="black", s=8, zorder=3)
         axis.set_xticks(range(len(SUBSCRIPTION_COUNTS)), [str(n) for n in SUBSCRIPTION_COUNTS])
-        axis.set_xlabel("subscriptions (labels: bridge / bare, best runs)")
-        axis.set_ylabel("signed deliveries per second (bars: best; dots: each run)")
-        axis.set_ylim(0, axis.get_ylim()[1] * 1.1)
-        axis.legend(fontsize=8)
+        axis.set_xlabel("subscriptions")
+        axis.set_ylim(0, axis.get_ylim()[1] * 1.12)
+        axis.legend(fontsize=8, loc="upper left")
 
-    return panel
+    def panels(axes: Any) -> None:
+        rate, cpu = axes
+        bars(rate, "rate", max)
+        for k, n in enumerate(SUBSCRIPTION_COUNTS):
+            ratio = max(runs[n]["bridge"]["rate"]) / max(runs[n]["bare"]["rate"])
+            top = max(max(runs[n][p]["rate"]) for p in PEERS)
+            rate.annotate(f"{ratio:.2f}x", (k + 0.27, top), ha="center", va="bottom", fontsize=8)
+        rate.set_title("deliveries per second (labels: bridge / bare, best runs)", fontsize=9)
+        rate.set_ylabel("signed deliveries per second (bars: best; dots: each run)")
+        bars(cpu, "cpu_us", min)
+        cpu.set_title("CPU of the sending process per delivery (lower is better)", fontsize=9)
+        cpu.set_ylabel("microseconds (bars: best; dots: each run)")
+
+    return panels
 
 
 async def main() -> None:
@@ -239,15 +259,26 @@ async def main() -> None:
     )
     try:
         async with harness.receiver() as rx:
-            rates = await measure(redis, rx)
+            runs = await measure(redis, rx)
             latencies = await latency_run(redis, rx)
     finally:
         await redis.flushdb()
         await redis.aclose()
-    summary = {n: {p: harness.spread(rates[n][p]) for p in PEERS} for n in SUBSCRIPTION_COUNTS}
+    summary = {
+        n: {
+            p: {
+                "deliveries_per_second": harness.spread(runs[n][p]["rate"]),
+                "cpu_us_per_delivery": harness.spread(runs[n][p]["cpu_us"], higher_is_better=False),
+            }
+            for p in PEERS
+        }
+        for n in SUBSCRIPTION_COUNTS
+    }
     for n in SUBSCRIPTION_COUNTS:
-        shown = ", ".join(f"{p} {harness.show_spread(summary[n][p])}" for p in PEERS)
-        print(f"{n:>2} subscriptions, deliveries/s: {shown}")
+        for p in PEERS:
+            rate = harness.show_spread(summary[n][p]["deliveries_per_second"])
+            cpu = harness.show_spread(summary[n][p]["cpu_us_per_delivery"])
+            print(f"{n:>2} subscriptions, {p:<10}: {rate} deliveries/s; CPU {cpu} us/delivery")
     latency = {
         "p50": statistics.median(latencies),
         "p99": harness.percentile(latencies, 99),
@@ -263,7 +294,7 @@ async def main() -> None:
         machine,
         {
             "settings": {"events": EVENTS, "concurrency": CONCURRENCY, "repeats": REPEATS},
-            "deliveries_per_second": summary,
+            "by_subscriptions": summary,
             "append_to_receipt_ms": latency,
         },
     )
@@ -271,7 +302,8 @@ async def main() -> None:
         "webhook_throughput",
         machine,
         "Signed webhook deliveries per second: bridge, its sink alone, and a bare aiohttp loop",
-        draw(rates),
+        draw(runs),
+        panels=2,
     )
 
 
