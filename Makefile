@@ -29,7 +29,8 @@ $(BENCH_STAMP): $(STAMP)
 
 # Numbers on stdout, numbers and plots in bench/results/ (about 5 minutes on 2 cores).
 bench: $(BENCH_STAMP)
-	@for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in $(BENCHES); do echo "== $$b"; s=$$(date +%s); $(BIN)/python $$b || exit 1; \
+		echo "($$b: $$(($$(date +%s) - s)) s)"; done
 
 # A smaller run of each, written under bench/results/quick/ (a smoke test, not results).
 bench-quick: $(BENCH_STAMP)

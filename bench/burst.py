@@ -14,7 +14,8 @@ receiver has the last event. The bare client then does the least any poller must
 pages holding those jobs through the same request budget (a plain aiohttp GET per page, spaced
 by the bridge's RateLimiter, token fetched beforehand) and POST every job to the receiver,
 CONCURRENCY requests in flight, unsigned. Its time runs from its first GET to the last receipt.
-The bridge keeps polling meanwhile (one or two requests a second, on its own budget).
+The bridge keeps polling meanwhile (one or two requests a second, on its own budget). Each
+burst lands at a random moment of the bridge's poll cycle.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import time
 from typing import Any
 
@@ -42,6 +44,8 @@ PAGE_LIMIT = 100
 WITHIN = 60.0  # seconds a burst may take before the run gives up on it
 STORE = "burst"
 KINDS = ("finish", "appear")
+# Each burst lands at a random moment of the poll cycle (seeded: a rerun draws the same).
+PHASE = random.Random(13)
 DESCRIBED = {"finish": "seen started, finishing at once", "appear": "appearing finished at once"}
 
 
@@ -95,9 +99,11 @@ async def bridge_burst(
         await sim.control("bench/jobs", {"count": count, "status": "started"})
         await rx.wait_for(count, within=WITHIN)  # the bridge has seen them all started
         await asyncio.sleep(POLL_INTERVAL * 2)  # a steady state with BURST open jobs
+        await asyncio.sleep(PHASE.uniform(0, POLL_INTERVAL))
         await rx.reset()
         changed = (await sim.control("bench/finish", {"status": "success"}))["at"]
     else:
+        await asyncio.sleep(PHASE.uniform(0, POLL_INTERVAL))
         await rx.reset()
         changed = (await sim.control("bench/jobs", {"count": count, "status": "success"}))["at"]
     await rx.wait_for(count, within=WITHIN)

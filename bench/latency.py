@@ -32,7 +32,7 @@ from bridge.poller import Poller
 POLL_INTERVAL = 1.0
 RATE_LIMIT = 10
 TRAFFIC = 3.0  # new jobs per second
-SECONDS = harness.quick(60.0, 15.0)
+SECONDS = harness.quick(45.0, 15.0)
 HISTORY = 1000
 TARGET_MS = POLL_INTERVAL * 1000 + 250
 STORE = "latency"

@@ -264,6 +264,8 @@ async def read_body(
     A body that stalls or breaks off comes back shorter instead of raising: the status line
     already said what the receiver thinks.
     """
+    if response.content.at_eof():  # nothing (more) to read: most answers to a webhook
+        return b""
     buffer = bytearray()
     try:
         while len(buffer) < max_bytes:
