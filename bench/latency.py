@@ -197,7 +197,7 @@ def draw(events: list[dict[str, Any]], summary: dict[str, Any]) -> Any:
         left.set_title(f"change -> receipt: p50 {q['p50']:.0f} ms, p99 {q['p99']:.0f} ms")
         left.set_xlabel("milliseconds")
         left.set_ylabel("events")
-        left.legend()
+        left.legend(loc="upper right", fontsize=8)
         harness.cdf(right, totals, color=BRIDGE_COLOUR, label="change -> receipt", linewidth=2)
         for part, colour in zip(PARTS, ("#9ecae1", "#2ca02c", ACCENT_COLOUR), strict=True):
             harness.cdf(right, [e[part] for e in events], color=colour, label=part)

@@ -16,7 +16,7 @@ from typing import Any
 
 import harness
 import redis.asyncio as aioredis
-from harness import BRIDGE_COLOUR
+from harness import ACCENT_COLOUR, BRIDGE_COLOUR
 
 from bridge.jobs import Job
 from bridge.store import Observation, Store
@@ -24,6 +24,7 @@ from bridge.store import Observation, Store
 REDIS_URL = harness.REDIS_URL
 JOBS = harness.quick(50_000, 10_000)
 BATCH = 500
+TARGET = 50_000  # observations per second
 CREATED = datetime(2024, 1, 5, 13, 46, 41, 695_000, tzinfo=UTC)
 
 
@@ -117,9 +118,11 @@ def draw(rates: dict[str, float], bytes_per_job: float) -> Any:
         axis.barh(labels, [rates[label] for label in labels], color=BRIDGE_COLOUR)
         for y, label in enumerate(labels):
             axis.annotate(f" {rates[label]:,.0f}/s", (rates[label], y), va="center", fontsize=8)
+        axis.axvline(TARGET, color=ACCENT_COLOUR, linestyle="--", label="target (issue 13)")
         axis.invert_yaxis()
         axis.set_xlabel("observations per second (Store.observe, batches of 500)")
-        axis.set_xlim(0, max(rates.values()) * 1.25)
+        axis.set_xlim(0, max(*rates.values(), TARGET) * 1.2)
+        axis.legend(fontsize=8, loc="lower right")
         axis.set_title(f"Redis memory per finished job: {bytes_per_job:.0f} bytes", fontsize=9)
 
     return panel
