@@ -1,7 +1,8 @@
 """Redis state of delivery: retry schedule, dead letters, attempt log, subscription health.
 
-Its keys (bridge.keys): jb:retry, jb:delivery:..., jb:dlq, and per subscription its attempt
-log and health hash.
+Each subscription's delivery state has its own keys under one hash tag (bridge.keys): its
+retry schedule, the events being retried, its dead letters, attempt log and health hash. A
+script or transaction here touches one subscription's keys only, so one cluster slot.
 """
 
 from __future__ import annotations
@@ -10,17 +11,29 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
 from bridge.jobs import now_iso
-from bridge.keys import DEAD_LETTERS, RETRY, attempts_key, delivery_key, health_key
+from bridge.keys import (
+    LANES,
+    LEGACY_DEAD_LETTERS,
+    LEGACY_RETRY,
+    attempts_key,
+    dead_letters_key,
+    delivery_key,
+    health_key,
+    legacy_delivery_key,
+    retry_key,
+)
 from bridge.sinks import DeliveryResult
 
-ATTEMPTS_PER_SUBSCRIPTION = 10_000
+if TYPE_CHECKING:
+    from bridge.config import BridgeConfig
+
+DAY = 86_400.0
 ATTEMPTS_PER_EVENT = 50
-ATTEMPT_RETENTION = 7 * 86_400  # seconds an event's attempt list is kept
 LEASE = 300.0  # seconds a claimed retry is hidden; reappears if its dispatcher died
 
 # Claims due retries: each is pushed out by the lease, so a dispatcher that dies mid-attempt
@@ -36,6 +49,20 @@ for _, member in ipairs(due) do
 end
 return due
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How much delivery history is kept (config: dead_letter_retention, attempt_retention,
+    attempt_log_max)."""
+
+    dead_letters: float = 30 * DAY  # seconds a dead letter stays listed and replayable
+    attempts: float = 7 * DAY  # seconds an event's attempt list is kept after its last attempt
+    attempt_log: int = 10_000  # attempts kept per subscription (approximately)
+
+    @classmethod
+    def from_config(cls, config: BridgeConfig) -> Bounds:
+        return cls(config.dead_letter_retention, config.attempt_retention, config.attempt_log_max)
 
 
 # One attempt: the subscription's log, the event's log and the health hash, in one round trip.
@@ -69,11 +96,6 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
-def _member(subscription: str, event_id: str) -> str:
-    """A retry's member in the schedule: its subscription and event id."""
-    return f"{subscription}\n{event_id}"
-
-
 @dataclass(frozen=True, slots=True)
 class PendingRetry:
     subscription: str
@@ -105,13 +127,39 @@ class Health:
     last_error: str
 
 
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _dead_letter(subscription: str, entry_id: str, fields: dict[str, str]) -> DeadLetter:
+    return DeadLetter(
+        entry_id=entry_id,
+        subscription=subscription,
+        event_id=fields["event_id"],
+        reason=fields["reason"],
+        attempts=int(fields["attempts"]),
+        failed_at=fields["failed_at"],
+        event=json.loads(fields["event"]),
+    )
+
+
 class Deliveries:
     """Delivery bookkeeping shared by every dispatcher, in Redis so it survives restarts."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, bounds: Bounds | None = None) -> None:
         self.redis = redis
+        self.bounds = bounds or Bounds()
         self._claim = redis.register_script(CLAIM_DUE)
         self._record = redis.register_script(RECORD_ATTEMPT)
+
+    async def register(self, subscription: str) -> None:
+        """Note that `subscription` has delivery state, for readers that list every one."""
+        await self.redis.sadd(LANES, subscription)
+
+    async def known(self) -> list[str]:
+        """Every subscription that ever had delivery state here (removed ones included)."""
+        return sorted(await self.redis.smembers(LANES))
 
     # -- retries -------------------------------------------------------------------------
 
@@ -142,22 +190,23 @@ class Deliveries:
                     delivery_key(subscription, event["id"]),
                     mapping={"event": json.dumps(event), "attempts": attempts},
                 )
-                pipe.zadd(RETRY, {_member(subscription, event["id"]): when})
+                pipe.zadd(retry_key(subscription), {event["id"]: when})
                 count += 1
             ids = list(dead_letter_ids)
             if ids:
-                pipe.xdel(DEAD_LETTERS, *ids)
+                pipe.xdel(dead_letters_key(subscription), *ids)
             await pipe.execute()
         return count
 
-    async def claim_due(self, limit: int = 100) -> list[PendingRetry]:
+    async def claim_due(self, subscription: str, limit: int = 100) -> list[PendingRetry]:
         now = time.time()
-        members = await self._claim(keys=[RETRY], args=[_ms(now), _ms(now + LEASE), limit])
-        if not members:
+        ids = await self._claim(
+            keys=[retry_key(subscription)], args=[_ms(now), _ms(now + LEASE), limit]
+        )
+        if not ids:
             return []
-        pairs = [member.split("\n", 1) for member in members]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for subscription, event_id in pairs:
+            for event_id in ids:
                 pipe.hgetall(delivery_key(subscription, event_id))
             records = await pipe.execute()
         return [
@@ -167,30 +216,36 @@ class Deliveries:
                 int(record.get("attempts", 0)),
                 json.loads(record["event"]) if record.get("event") else None,
             )
-            for (subscription, event_id), record in zip(pairs, records, strict=True)
+            for event_id, record in zip(ids, records, strict=True)
         ]
 
     async def settle(self, subscription: str, event_id: str) -> None:
         """The delivery is finished (sent or dead-lettered): forget its retry state."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(RETRY, _member(subscription, event_id))
+            pipe.zrem(retry_key(subscription), event_id)
             pipe.delete(delivery_key(subscription, event_id))
             await pipe.execute()
 
     async def retry_count(self, subscription: str | None = None) -> int:
-        if subscription is None:
-            return int(await self.redis.zcard(RETRY))
-        members = await self.redis.zrange(RETRY, 0, -1)
-        return sum(1 for m in members if m.split("\n", 1)[0] == subscription)
+        """Deliveries waiting for a retry: of one subscription, or of every known one."""
+        names = [subscription] if subscription is not None else await self.known()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcard(retry_key(name))
+            counts = await pipe.execute()
+        return sum(int(c) for c in counts)
 
     # -- dead letters --------------------------------------------------------------------
 
     async def dead_letter(
         self, subscription: str, event: dict[str, Any], attempts: int, reason: str
     ) -> None:
+        """Keep an event that will not be delivered, with why, for `bounds.dead_letters`."""
+        await self.register(subscription)  # (another slot: not in the transaction below)
+        oldest = _ms(time.time() - self.bounds.dead_letters)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(
-                DEAD_LETTERS,
+                dead_letters_key(subscription),
                 {
                     "subscription": subscription,
                     "event_id": event["id"],
@@ -199,33 +254,62 @@ class Deliveries:
                     "failed_at": now_iso(),
                     "event": json.dumps(event),
                 },
+                minid=oldest,
+                approximate=True,
             )
-            pipe.zrem(RETRY, _member(subscription, event["id"]))
+            pipe.zrem(retry_key(subscription), event["id"])
             pipe.delete(delivery_key(subscription, event["id"]))
             await pipe.execute()
 
     async def dead_letters(
         self, subscription: str | None = None, entry_id: str | None = None
     ) -> list[DeadLetter]:
-        if entry_id is not None:
-            entries = await self.redis.xrange(DEAD_LETTERS, entry_id, entry_id)
-        else:
-            entries = await self.redis.xrange(DEAD_LETTERS)
+        """Dead letters, oldest first: of one subscription, or of every one (merged)."""
+        names = [subscription] if subscription is not None else await self.known()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                if entry_id is not None:
+                    pipe.xrange(dead_letters_key(name), entry_id, entry_id)
+                else:
+                    pipe.xrange(dead_letters_key(name))
+            found = await pipe.execute()
         letters = [
-            DeadLetter(
-                entry_id=eid,
-                subscription=f["subscription"],
-                event_id=f["event_id"],
-                reason=f["reason"],
-                attempts=int(f["attempts"]),
-                failed_at=f["failed_at"],
-                event=json.loads(f["event"]),
-            )
+            _dead_letter(name, eid, f)
+            for name, entries in zip(names, found, strict=True)
             for eid, f in entries
         ]
-        if subscription is not None:
-            letters = [d for d in letters if d.subscription == subscription]
-        return letters
+        return sorted(letters, key=lambda d: (_entry_order(d.entry_id), d.subscription))
+
+    async def dead_letter_count(self, subscription: str | None = None) -> int:
+        """Dead letters of one subscription, or of every one: counted, not read."""
+        names = [subscription] if subscription is not None else await self.known()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.xlen(dead_letters_key(name))
+            counts = await pipe.execute()
+        return sum(int(c) for c in counts)
+
+    async def expire_dead_letters(self, subscription: str) -> None:
+        """Drop dead letters older than their retention (also with none added lately)."""
+        oldest = _ms(time.time() - self.bounds.dead_letters)
+        await self.redis.xtrim(dead_letters_key(subscription), minid=oldest, approximate=False)
+
+    async def latest_dead_letters(
+        self, count: int, subscription: str | None = None
+    ) -> list[DeadLetter]:
+        """The newest `count` dead letters (of one subscription), oldest first."""
+        names = [subscription] if subscription is not None else await self.known()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.xrevrange(dead_letters_key(name), count=count)
+            found = await pipe.execute()
+        letters = [
+            _dead_letter(name, eid, f)
+            for name, entries in zip(names, found, strict=True)
+            for eid, f in entries
+        ]
+        letters.sort(key=lambda d: (_entry_order(d.entry_id), d.subscription))
+        return letters[-count:]
 
     async def requeue(self, letters: list[DeadLetter]) -> int:
         """Move dead letters back onto the retry schedule, due now, attempt count reset."""
@@ -239,6 +323,28 @@ class Deliveries:
                 dead_letter_ids=[letter.entry_id for letter in group],
             )
         return len(letters)
+
+    async def migrate_legacy(self) -> int:
+        """Move the shared retry schedule and dead letters of before lanes (bridge.keys,
+        LEGACY_*) to each subscription's own keys; how many were moved."""
+        moved = 0
+        for _entry_id, fields in await self.redis.xrange(LEGACY_DEAD_LETTERS):
+            await self.register(fields["subscription"])
+            await self.redis.xadd(dead_letters_key(fields["subscription"]), fields)
+            moved += 1
+        await self.redis.delete(LEGACY_DEAD_LETTERS)
+        for member, due in await self.redis.zrange(LEGACY_RETRY, 0, -1, withscores=True):
+            subscription, _, event_id = member.partition("\n")
+            old = legacy_delivery_key(subscription, event_id)
+            record = await self.redis.hgetall(old)
+            await self.register(subscription)
+            if record:
+                await self.redis.hset(delivery_key(subscription, event_id), mapping=record)
+            await self.redis.zadd(retry_key(subscription), {event_id: due})
+            await self.redis.delete(old)
+            moved += 1
+        await self.redis.delete(LEGACY_RETRY)
+        return moved
 
     # -- attempt log ---------------------------------------------------------------------
 
@@ -267,9 +373,9 @@ class Deliveries:
                 int(result.ok),
                 time.time(),
                 result.reason,
-                ATTEMPTS_PER_SUBSCRIPTION,
+                self.bounds.attempt_log,
                 ATTEMPTS_PER_EVENT,
-                ATTEMPT_RETENTION,
+                int(self.bounds.attempts),
             ],
         )
 
@@ -320,7 +426,7 @@ class Deliveries:
             "last_error": health.last_error or None,
             "failing_since": health.failing_since,
             "retrying": await self.retry_count(subscription),
-            "dead_letters": len(await self.dead_letters(subscription)),
+            "dead_letters": await self.dead_letter_count(subscription),
         }
 
     async def disable(self, subscription: str, reason: str) -> None:

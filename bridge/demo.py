@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -32,11 +33,30 @@ STATUS_COLOURS = {
 }
 
 
-def demo_config(data_dir: Path, api_base: str, hook_url: str, secret: str) -> BridgeConfig:
+CONSOLE_PORT = 8787
+
+
+def console_port() -> int:
+    """The API's usual port when it is free, else any free one."""
+    for port in (CONSOLE_PORT, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port for the console")
+
+
+def demo_config(
+    data_dir: Path, api_base: str, hook_url: str, secret: str, port: int = CONSOLE_PORT
+) -> BridgeConfig:
     """A real config, validated like any user's."""
     return parse_config(
         f"""
 data_dir: {data_dir}
+api:
+  listen: 127.0.0.1:{port}
 stores:
   - name: demo
     api_base: {api_base}
@@ -124,11 +144,13 @@ async def run_demo(seconds: float | None, rate: float) -> None:
     sim_runner, api_base = await _start_site(make_app(simulator))
     hook_runner, hook_base = await _start_site(hook_app)
     with tempfile.TemporaryDirectory(prefix="jobs-bridge-demo-") as data_dir:
-        config = demo_config(Path(data_dir), api_base, f"{hook_base}/hooks", secret)
+        port = console_port()
+        config = demo_config(Path(data_dir), api_base, f"{hook_base}/hooks", secret, port)
         click.echo(
             f"jobs-bridge demo: simulated Elastic Path at {api_base}, "
             f"signed webhooks to {hook_base}/hooks, embedded Redis in {data_dir}"
         )
+        click.echo(click.style(f"Console: http://127.0.0.1:{port}/", bold=True))
         click.echo("Each line is one event, delivered and its signature verified. Ctrl-C stops.\n")
         try:
             async with connect_redis(config) as redis:

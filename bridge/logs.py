@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
@@ -54,16 +54,18 @@ def _secret_key(key: Any) -> bool:
     return isinstance(key, str) and bool(_SECRET_KEYS.search(key))
 
 
-def redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> dict[str, Any]:
     return {
         key: REDACTED if _secret_key(key) and value else _redact(value)
         for key, value in event_dict.items()
     }
 
 
-def _redact_rendered(_logger: Any, _name: str, rendered: str) -> str:
+def _redact_rendered(_logger: Any, _name: str, rendered: Any) -> str:
     # Tracebacks are rendered after the dict processors ran: scrub the final text as well.
-    return redact_text(rendered)
+    return redact_text(str(rendered))
 
 
 class _StdlibHandler(logging.StreamHandler):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
@@ -16,7 +18,7 @@ CLUSTER_CONNECTIONS = 250
 # reaches no node raises RedisClusterException, which is not one), and the network beneath.
 TRANSIENT = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
 
-RedisClient = aioredis.Redis | RedisCluster
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 
 
 def open_redis(url: str, *, cluster: bool = False) -> RedisClient:

@@ -15,9 +15,9 @@ import redis.asyncio as aioredis
 
 from bridge.config import BridgeConfig, SubscriptionBase
 from bridge.deliveries import Deliveries
-from bridge.dispatcher import GROUP
 from bridge.jobs import format_epoch
 from bridge.leasestore import lease_status, live_processes
+from bridge.outbox import outbox_status
 from bridge.store import Store
 
 # Times of a subscription's status, in seconds since the epoch.
@@ -28,7 +28,7 @@ _SUBSCRIPTION_TIMES = ("last_success_at", "last_failure_at", "failing_since")
 class StoreStatus:
     name: str
     sources: dict[str, dict[str, Any]]  # source -> Store.source_status
-    outbox: dict[str, int | None]  # Store.outbox_status
+    outbox: dict[str, int | None]  # bridge.outbox.outbox_status
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +39,13 @@ class StatusView:
 
     def to_json(
         self,
-        pollers: Mapping[tuple[str, str], dict[str, Any]],
-        counters: Mapping[str, dict[str, int]],
+        pollers: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+        counters: Mapping[str, dict[str, int]] | None = None,
     ) -> dict[str, Any]:
-        """The API's /status, with this process's own facts of each poller and `counters`."""
+        """The API's /status, with this process's own facts of each poller and `counters`
+        (`jobs-bridge status --json` has neither)."""
+        pollers = pollers or {}
+        counters = counters or {}
         return {
             "processes": [
                 {"id": process, "last_heartbeat_at": format_epoch(seen)}
@@ -54,7 +57,7 @@ class StatusView:
                     "source": source,
                     **found,
                     "last_poll_at": format_epoch(found["last_poll_at"]),
-                    **pollers[store.name, source],
+                    **pollers.get((store.name, source), {}),
                 }
                 for store in self.stores
                 for source, found in store.sources.items()
@@ -117,11 +120,11 @@ async def read_status(
     found = []
     for store_config in config.stores if stores else ():
         store = Store(redis, store_config.name)
-        sources = {
+        sources: dict[str, dict[str, Any]] = {
             s: {**await store.source_status(s), "lease": await lease_status(redis, store.name, s)}
             for s in store_config.sources
         }
-        found.append(StoreStatus(store.name, sources, await store.outbox_status(GROUP)))
+        found.append(StoreStatus(store.name, sources, await outbox_status(redis, store.events_key)))
     deliveries = Deliveries(redis)
     subscriptions = [(sub, await deliveries.status(sub.name)) for sub in config.subscriptions]
     return StatusView(found, subscriptions, await live_processes(redis) if stores else {})

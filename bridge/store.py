@@ -22,6 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from bridge.analytics import JobAnalytics, newly_finished
 from bridge.events import build_event, event_id, stalled_event_id
 from bridge.jobs import RANK, STATUSES, TERMINAL, Job, format_timestamp, now_iso
 from bridge.keys import lease_key, store_key
@@ -41,10 +42,9 @@ local lease_key = KEYS[5]            -- this source's poll lease (bridge.leases)
 local marker = ARGV[1]               -- meta field that must exist, "" for none
 local fence = ARGV[2]                -- the lease value the writer holds, "" for none
 local observed_at = ARGV[3]
-local min_id = ARGV[4]               -- outbox entries older than this may be trimmed
-local store = ARGV[5]
-local source = ARGV[6]
--- ARGV[7]: the jobs, each "\\30" + nine fields each after "\\31": id, status, version
+local store = ARGV[4]
+local source = ARGV[5]
+-- ARGV[6]: the jobs, each "\\30" + nine fields each after "\\31": id, status, version
 -- (updated_at in microseconds, "0" when unset), silent ("1": record a job never seen before,
 -- no event), open score (stall reference in ms of an open job, "" once finished), event id,
 -- job json, extra json, finished minute (a finished job's last activity, "" while open).
@@ -134,7 +134,7 @@ local function observe(job)
   return 'emitted', seq, prev_status
 end
 
-local jobs = ARGV[7]
+local jobs = ARGV[6]
 for record in string.gmatch(jobs, '\\30([^\\30]*)') do
   local job = {}
   for field in string.gmatch(record, '\\31([^\\31]*)') do
@@ -147,9 +147,6 @@ for record in string.gmatch(jobs, '\\30([^\\30]*)') do
 end
 if new_jobs > 0 then
   redis.call('HINCRBY', meta_key, 'count:' .. source, new_jobs)
-end
-if emitted > 0 then
-  redis.call('XTRIM', events_key, 'MINID', '~', min_id)
 end
 return out
 """.replace("RANKS", "{" + ", ".join(f"{status} = {RANK[status]}" for status in STATUSES) + "}")
@@ -181,11 +178,10 @@ local member = ARGV[1]
 local expected = ARGV[2]
 local event_id = ARGV[3]
 local observed_at = ARGV[4]
-local min_id = ARGV[5]
-local store = ARGV[6]
-local source = ARGV[7]
-local job_json = ARGV[8]
-local fence = ARGV[9]               -- the lease value the writer holds, "" for none
+local store = ARGV[5]
+local source = ARGV[6]
+local job_json = ARGV[7]
+local fence = ARGV[8]               -- the lease value the writer holds, "" for none
 
 if fence ~= '' and redis.call('GET', lease_key) ~= fence then
   return {'fenced', 0}
@@ -200,7 +196,7 @@ if s ~= expected or t == '1' then
 end
 local seq = tonumber(q) + 1
 redis.call('HSET', jobs_key, member, s .. '|' .. v .. '|' .. seq .. '|1')
-redis.call('XADD', events_key, 'MINID', '~', min_id, '*',
+redis.call('XADD', events_key, '*',
   'id', event_id, 'store', store, 'source', source, 'status', 'stalled',
   'prev', s, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', '{}')
 return {'emitted', seq}
@@ -307,12 +303,10 @@ class Store:
         self.open_key = store_key(name, "open")
         self.meta_key = store_key(name, "meta")
         self.events_key = store_key(name, "events")
+        self.analytics = JobAnalytics(redis, name)
         self._observe = redis.register_script(OBSERVE)
         self._stall = redis.register_script(STALL)
         self._forget = redis.register_script(FORGET)
-
-    def _min_id(self) -> str:
-        return str(int((time.time() - self.outbox_retention) * 1000))
 
     async def states(self, source: str, job_ids: Sequence[str]) -> list[StoredState | None]:
         """The stored state of each job, in order (None for never seen)."""
@@ -334,7 +328,8 @@ class Store:
         nothing and comes back `lost`. With `fence` (the value of the source's poll lease the
         caller holds), nothing is written once the lease is another's: `Fenced` is raised.
         """
-        header = [marker, fence, now_iso(), self._min_id(), self.name]
+        observations = list(observations)
+        header = [marker, fence, now_iso(), self.name]
         outcomes: list[Outcome] = []
         sent: asyncio.Future[list[Outcome]] | None = None
         try:
@@ -355,6 +350,12 @@ class Store:
         finally:
             if sent is not None and not sent.done():
                 sent.cancel()
+        await self.analytics.record(
+            newly_finished(
+                (obs.job, out.result, out.previous_status)
+                for obs, out in zip(observations, outcomes, strict=True)
+            )
+        )
         return outcomes
 
     async def _observe_batch(self, source: str, args: list[str], count: int) -> list[Outcome]:
@@ -402,7 +403,6 @@ class Store:
                 job.status,
                 stalled_event_id(self.name, job.source, job.id, job.status),
                 now_iso(),
-                self._min_id(),
                 self.name,
                 job.source,
                 job_json(job),

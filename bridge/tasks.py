@@ -76,11 +76,30 @@ class Supervisor:
         """Every loop of this supervisor and of its children, in the order they were started."""
         return [*self._states.values(), *(s for c in self._children for s in c.states())]
 
+    def adopt(self, child: Supervisor) -> None:
+        """List `child`'s loops in `states()` too (a lane started while running)."""
+        if child not in self._children:
+            self._children.append(child)
+
+    def disown(self, child: Supervisor) -> None:
+        if child in self._children:
+            self._children.remove(child)
+
     async def finish(self, grace: float) -> None:
         """End every loop: `grace` seconds to see the (already set) stop event, then cancel."""
         tasks = list(self._tasks.values())
         self._tasks.clear()
         await finish(tasks, grace)
+
+    async def retire(self, name: str, grace: float) -> None:
+        """End one loop, whose own stop event the caller has set, and forget it: a loop that
+        is no longer wanted (a lane removed, a store removed from the config) is not a dead
+        one to report."""
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            await finish([task], grace)
+        if task is None or task.done():  # one stuck in a library still updates its state
+            self._states.pop(name, None)
 
     async def _supervise(self, name: str, loop: Loop, stop: asyncio.Event) -> None:
         deaths = 0  # in a row: the backoff grows with them

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FIRST_PORT = int(os.environ.get("JB_TEST_CLUSTER_PORT", "30101"))
+FIRST_PORT = os.environ.get("JB_TEST_CLUSTER_PORT")  # default: a free block of ports
 NODES = 6  # three masters, each with one replica
 READY_TIMEOUT = 30.0
 
@@ -63,27 +64,6 @@ class LocalCluster:
         process.send_signal(signal.SIGKILL)
         process.wait(10)
 
-    def replicated(self, master: int) -> None:
-        """Wait until a replica of the master has every write so far: replication is
-        asynchronous, and a write it has not reached is lost when the master dies. (WAIT
-        would only wait for the writes of its own connection.)"""
-
-        def caught_up() -> bool:
-            info = dict(
-                line.split(":", 1)
-                for line in _cli(master, "info", "replication").splitlines()
-                if ":" in line
-            )
-            written = int(info["master_repl_offset"])
-            acked = [
-                int(dict(part.split("=") for part in value.split(","))["offset"])
-                for key, value in info.items()
-                if key.startswith("slave") and key[5:].isdigit()
-            ]
-            return any(offset >= written for offset in acked)
-
-        _wait(caught_up, f"a replica of {master} to catch up")
-
     def master_of(self, key: str) -> int:
         """The port of the master that holds `key`'s slot now (asked of a running node)."""
         asked = min(self.processes)
@@ -97,6 +77,24 @@ class LocalCluster:
                 if low.isdigit() and int(low) <= slot <= int(high or low):
                     return int(parts[1].split(":")[1].split("@")[0])
         raise LookupError(f"no master serves slot {slot}")
+
+    def wait_replicated(self, port: int) -> None:
+        """Until the replicas of the master on `port` have every write it took so far
+        (replication is asynchronous: a master killed at once may take its last writes with
+        it). Writes that go on meanwhile are not waited for."""
+
+        def replication() -> dict[str, str]:
+            lines = _cli(port, "info", "replication").splitlines()
+            return dict(line.split(":", 1) for line in lines if ":" in line)
+
+        target = int(replication()["master_repl_offset"])
+
+        def caught_up() -> bool:
+            replicas = [v for k, v in replication().items() if k[:5] == "slave" and k[5:].isdigit()]
+            acked = [int(dict(p.split("=") for p in v.split(","))["offset"]) for v in replicas]
+            return bool(acked) and all(offset >= target for offset in acked)
+
+        _wait(caught_up, f"the replicas of {port} to catch up")
 
     def stop(self) -> None:
         for port in list(self.processes):
@@ -126,6 +124,24 @@ def _synced(port: int) -> bool:
     return "role:master" in info or "master_link_status:up" in info
 
 
+def _free_ports() -> list[int]:
+    """NODES consecutive ports whose cluster bus ports (+10000) are free too.
+
+    Random, so that two test runs on one machine do not meet on the same cluster; below the
+    kernel's ephemeral range (32768 and up), where an outgoing connection may take a port
+    between the check and the bind.
+    """
+    if FIRST_PORT is not None:
+        first = int(FIRST_PORT)
+        return list(range(first, first + NODES))
+    for _ in range(50):
+        first = random.randrange(20_000, 32_768 - 10_000 - NODES)
+        ports = list(range(first, first + NODES))
+        if not any(_port_open(p) or _port_open(p + 10_000) for p in ports):
+            return ports
+    raise ClusterUnavailable("found no free block of ports for a Redis Cluster")
+
+
 def _wait(condition: object, what: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while not condition():  # type: ignore[operator]
@@ -139,10 +155,7 @@ def local_cluster() -> Iterator[LocalCluster]:
     """Start the cluster, wait until every slot is served, yield it, tear it down."""
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         raise ClusterUnavailable("redis-server and redis-cli are needed for a Redis Cluster")
-    ports = list(range(FIRST_PORT, FIRST_PORT + NODES))
-    busy = [port for port in ports if _port_open(port)]
-    if busy:
-        raise ClusterUnavailable(f"ports {busy} are taken (set JB_TEST_CLUSTER_PORT)")
+    ports = _free_ports()
     with tempfile.TemporaryDirectory(prefix="jb-cluster-") as directory:
         cluster = LocalCluster(Path(directory), ports)
         try:

@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -57,9 +58,11 @@ class WebhookReceiver:
     secret: str = field(default_factory=new_secret)
     url: str = ""
     received: set[tuple[str, str]] = field(default_factory=set)
+    events: list[dict[str, Any]] = field(default_factory=list)  # every verified one, in order
 
     async def handle(self, request: web.Request) -> web.Response:
         event = Webhook(self.secret).verify(await request.read(), dict(request.headers))
+        self.events.append(event)
         self.received.add((event["subject"], event["data"]["status"]))
         return web.Response(status=204)
 
@@ -117,13 +120,20 @@ def make_config(*args: Any, **kwargs: Any) -> BridgeConfig:
 
 @contextlib.asynccontextmanager
 async def running(
-    config: BridgeConfig, redis: aioredis.Redis, claim_idle: float = 120.0
+    config: BridgeConfig,
+    redis: aioredis.Redis,
+    claim_idle: float = 120.0,
+    config_path: Path | None = None,
 ) -> AsyncIterator[Bridge]:
-    """A Bridge running in a task; stopped gracefully at the end (and it must not have died)."""
+    """A Bridge running in a task; stopped gracefully at the end (and it must not have died).
+    `config_path`: the file `bridge.live.reload()` reads, as on SIGHUP."""
     stop = asyncio.Event()
-    bridge = Bridge(config, redis, claim_idle=claim_idle)
+    bridge = Bridge(config, redis, claim_idle=claim_idle, config_path=config_path)
     task = asyncio.create_task(bridge.run(stop))
     try:
+        # Consumer groups start at the end of the outbox: events written before would be
+        # history (`replay --since`), as for a bridge seeing its subscriptions for the first time.
+        await asyncio.wait_for(bridge.dispatcher.prepared.wait(), 10)
         yield bridge
         assert not task.done(), "the bridge stopped by itself"
     finally:

@@ -17,7 +17,7 @@ async def test_cluster_serves_every_slot_and_survives_losing_a_master(
         key = "jb:{fixture-check}:probe"
         await client.set(key, "before")
         master = redis_cluster.master_of(key)
-        redis_cluster.replicated(master)
+        redis_cluster.wait_replicated(master)
         redis_cluster.kill(master)
 
         async def readable() -> bool:

@@ -141,7 +141,7 @@ async def test_the_poller_follows_a_failover_of_its_stores_master(
             first = sim.create_job()
             await eventually(lambda: seen(store, {(first, "pending")}), 10, "the first event")
             master = redis_cluster.master_of(store.events_key)
-            redis_cluster.replicated(master)
+            redis_cluster.wait_replicated(master)
             redis_cluster.kill(master)
             # Changes while the slot has no master, then after the replica took over.
             sim.set_status(first, "started")

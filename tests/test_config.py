@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import subprocess
 import sys
@@ -128,6 +129,10 @@ def test_minimal_config_loads_with_defaults_and_no_environment() -> None:
     assert hooks.allow_private_networks is True and config.subscription_allows_private(hooks)
     assert (hooks.timeout, hooks.disable_after, hooks.concurrency) == (15, 5 * 86400, 10)
     assert config.outbox_retention == 7 * 86400
+    # The bounds of kept state, as config/example.yaml documents them.
+    assert (config.dead_letter_retention, config.attempt_retention) == (30 * 86400, 7 * 86400)
+    assert (config.consumer_retention, config.outbox_max_entries) == (3600, 1_000_000)
+    assert config.attempt_log_max == 10_000
 
 
 def test_loaded_secrets_are_masked_by_the_logger() -> None:
@@ -417,6 +422,49 @@ MISTAKES = [
         lambda d: d["subscriptions"].append("webhook"),
         "subscriptions[2]: must be a mapping of keys",
         id="subscription-not-a-mapping",
+    ),
+    # Minima (issue 9): each would have been accepted, and each defeats what it configures.
+    pytest.param(
+        _set(webhook, "retry_schedule", []),
+        "subscriptions[0].retry_schedule: must list at least one delay, e.g. [5s]",
+        id="no-retries",
+    ),
+    pytest.param(
+        _set(webhook, "secrets", ["whsec_" + base64.b64encode(b"k").decode()]),
+        "subscriptions[0].secrets[0]: must decode to 24-64 bytes (Standard Webhooks); "
+        "this one has 1",
+        id="secret-too-short",
+    ),
+    pytest.param(
+        _set(webhook, "secrets", ["whsec_" + base64.b64encode(bytes(65)).decode()]),
+        "subscriptions[0].secrets[0]: must decode to 24-64 bytes (Standard Webhooks); "
+        "this one has 65",
+        id="secret-too-long",
+    ),
+    pytest.param(
+        _set(_top, "outbox_retention", "1ms"),
+        "outbox_retention: must be at least 1h (got 1ms)",
+        id="outbox-retention-1ms",
+    ),
+    pytest.param(
+        _set(_top, "dead_letter_retention", "59m"),
+        "dead_letter_retention: must be at least 1h (got 59m)",
+        id="dead-letter-retention",
+    ),
+    pytest.param(
+        _set(_top, "attempt_retention", "10s"),
+        "attempt_retention: must be at least 1h (got 10s)",
+        id="attempt-retention",
+    ),
+    pytest.param(
+        _set(_top, "consumer_retention", "30m"),
+        "consumer_retention: must be at least 1h (got 30m)",
+        id="consumer-retention",
+    ),
+    pytest.param(
+        _set(_top, "outbox_max_entries", 10),
+        "outbox_max_entries: ",
+        id="outbox-cap",
     ),
 ]
 

@@ -285,7 +285,7 @@ async def test_replayed_dead_letter_is_sent_once(
 ) -> None:
     monkeypatch.setattr(bridge.deliveries, "LEASE", 0.5)  # make the re-sends show in seconds
     world.receiver.respond = always(500)
-    config, _ = world.config(retry_schedule=[])  # dead-lettered after the first try
+    config, _ = world.config(retry_schedule=["100ms"])  # dead-lettered after the second try
     deliveries = Deliveries(world.redis)
     async with running(config, world.redis):
         [eid] = await world.emit()
@@ -302,7 +302,7 @@ async def test_replayed_dead_letter_is_sent_once(
 async def test_a_large_replay_is_not_held_to_one_batch_per_tick(world: World) -> None:
     """Retries come off the schedule a batch (100) at a time; a full batch is followed at once."""
     world.receiver.respond = always(500)
-    config, _ = world.config(retry_schedule=[])
+    config, _ = world.config(retry_schedule=["100ms"])
     deliveries = Deliveries(world.redis)
     async with running(config, world.redis):
         ids = await world.emit(450)
@@ -371,7 +371,7 @@ async def test_410_disables_then_enable_and_replay_with_the_cli(world: World) ->
 
 
 async def _sees_enabled(dispatcher: Dispatcher) -> bool:
-    return (await dispatcher._cached_health(SUB)).enabled
+    return (await dispatcher.lanes[SUB]._cached_health()).enabled
 
 
 async def _letters_for(deliveries: Deliveries, ids: list[str]) -> list[Any]:
@@ -424,8 +424,10 @@ async def test_cancelled_mid_delivery_then_claimed_by_a_new_bridge(world: World)
     release = asyncio.Event()
     config, _ = world.config()
     stop = asyncio.Event()
-    first = asyncio.create_task(Bridge(config, world.redis).run(stop))
+    first_bridge = Bridge(config, world.redis)
+    first = asyncio.create_task(first_bridge.run(stop))
     try:
+        await asyncio.wait_for(first_bridge.dispatcher.prepared.wait(), 10)
         ids = await world.emit(6)
         hang_first_tries(world, set(ids[:3]), release)
         await eventually(lambda: len(world.receiver.hits) == 6, 10, "six requests in flight/done")
@@ -446,7 +448,9 @@ async def test_killed_mid_delivery_then_claimed_by_a_new_bridge(world: World) ->
     """A bridge process SIGKILLed with deliveries in flight: a new one claims and sends them."""
     release = asyncio.Event()
     config, path = world.config()
-    ids = await world.emit(6)
+    async with running(config, world.redis):  # its consumer group exists from now on
+        pass
+    ids = await world.emit(6)  # written while no bridge runs: a backlog
     hang_first_tries(world, set(ids[:3]), release)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -479,6 +483,8 @@ async def test_killed_mid_delivery_then_claimed_by_a_new_bridge(world: World) ->
 
 async def test_backlog_delivered_without_exhausting_redis_connections(world: World) -> None:
     config, _ = world.config()
+    async with running(config, world.redis):  # its consumer group exists from now on
+        pass
     ids = await world.emit(300)  # e.g. written while the bridge was down
     async with running(config, world.redis):
         await eventually(lambda: world.receiver.delivered() >= set(ids), 2, "the backlog")

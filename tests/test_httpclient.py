@@ -239,7 +239,7 @@ async def test_allowing_private_networks_admits_a_local_server(
             assert await resp.text() == "hello"
     assert len(counter.requests) == 1
     assert counter.requests[0].headers["user-agent"] == (
-        f"jobs-bridge/{__version__} (+https://github.com/jobs-bridge)"
+        f"jobs-bridge/{__version__} (+https://github.com/jobs-bridge/jobs-bridge)"
     )
     assert dialled  # the tripwire sees real connections
     assert all(ipaddress.ip_address(a).is_loopback for a in dialled)

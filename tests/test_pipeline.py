@@ -131,15 +131,16 @@ class Pipeline:
         await self.observed(changes, timeout)
 
     async def dispatched(self, timeout: float = 10.0) -> None:
-        """Wait until every outbox entry has been read and acknowledged by the dispatcher."""
+        """Wait until every subscription has read and acknowledged every outbox entry."""
 
         async def drained() -> bool:
             last = await self.redis.xrevrange(self.store.events_key, count=1)
             if not last:
                 return True
             groups = await self.redis.xinfo_groups(self.store.events_key)
-            group = next(g for g in groups if g["name"] == "dispatch")
-            return group["last-delivered-id"] == last[0][0] and group["pending"] == 0
+            return bool(groups) and all(  # one consumer group per subscription
+                g["last-delivered-id"] == last[0][0] and g["pending"] == 0 for g in groups
+            )
 
         await eventually(drained, timeout, "the outbox to be dispatched")
 

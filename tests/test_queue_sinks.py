@@ -19,11 +19,14 @@ import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, DeliveryMode
 from conftest import require_service
+from helpers import eventually
+from lanes_harness import dispatcher, dispatching, emit
 
+from bridge.deliveries import Deliveries
 from bridge.events import build_event, encode
 from bridge.sinks import DeliveryResult, Sink
 from bridge.sinks.nats import DUPLICATE_WINDOW, NatsSink, subject_for
-from bridge.sinks.rabbitmq import CONTENT_TYPE, RabbitMQSink, routing_key
+from bridge.sinks.rabbitmq import CONTENT_TYPE, RabbitMQSink, RabbitMQSubscription, routing_key
 from bridge.sinks.redis_stream import RedisStreamSink
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -108,14 +111,17 @@ async def assert_fails_fast(sink: Sink, event: dict[str, Any]) -> DeliveryResult
     return result
 
 
-async def deliver_until_ok(sink: Sink, event: dict[str, Any]) -> list[DeliveryResult]:
-    """Deliver again and again, as the dispatcher's retries would, until one succeeds."""
+async def deliver_until_ok(
+    sink: Sink, event: dict[str, Any], done: Callable[[DeliveryResult], bool] | None = None
+) -> list[DeliveryResult]:
+    """Deliver again and again, as the dispatcher's retries would, until one succeeds (or is
+    `done`)."""
     results: list[DeliveryResult] = []
     deadline = time.monotonic() + RECOVERY_DEADLINE
     while time.monotonic() < deadline:
         result = await deliver(sink, event)
         results.append(result)
-        if result.ok:
+        if result.ok or (done is not None and done(result)):
             return results
         assert result.retryable, result.reason
         await asyncio.sleep(0.2)
@@ -454,14 +460,75 @@ async def test_rabbitmq_redeclares_a_deleted_exchange(
         result = await deliver(sink, make_event(1))
         assert not result.ok and result.retryable
         assert exchange_name in result.reason
-        # aio-pika reopens the channel, which declares the exchange again.
-        await deliver_until_ok(sink, make_event(2))
+        # aio-pika reopens the channel, which declares the exchange again: a message is then
+        # routed, nowhere yet (no queue bound), and comes back (mandatory).
+        await deliver_until_ok(sink, make_event(2), done=lambda r: "no queue bound" in r.reason)
         queue = await bound_queue(amqp_channel, exchange_name, "pcm.#")
         assert (await deliver(sink, event := make_event(3))).ok
     finally:
         await sink.close()
     message = await get_message(queue)
     assert message is not None and message.message_id == event["id"]
+
+
+async def test_rabbitmq_message_no_queue_takes_is_a_failed_delivery(
+    rabbitmq_url: str, amqp_channel: aio_pika.abc.AbstractChannel, exchange_name: str
+) -> None:
+    """mandatory: before, a message to an exchange with no bound queue was "delivered"."""
+    sink = RabbitMQSink("amqp", rabbitmq_url, exchange=exchange_name, timeout=SINK_TIMEOUT)
+    await sink.start()
+    try:
+        result = await assert_fails_fast(sink, make_event(1))
+        assert result.reason == (
+            f"RabbitMQ at {sink.where} returned it: no queue bound for "
+            "'pcm.product-import.failed' (NO_ROUTE)"
+        )
+        other = await bound_queue(amqp_channel, exchange_name, "v2.#")  # not for this one
+        assert not (await deliver(sink, make_event(2))).ok
+        queue = await bound_queue(amqp_channel, exchange_name, "pcm.#")
+        assert (await deliver(sink, event := make_event(3))).ok
+    finally:
+        await sink.close()
+    message = await get_message(queue)
+    assert message is not None and message.message_id == event["id"]
+    assert await get_message(other, wait=0.3) is None
+
+
+async def test_rabbitmq_unroutable_is_retried_then_delivered_or_dead_lettered(
+    rabbitmq_url: str,
+    amqp_channel: aio_pika.abc.AbstractChannel,
+    exchange_name: str,
+    redis_client: aioredis.Redis,
+) -> None:
+    """Through the dispatcher: with no queue bound, the retries run; a queue bound meanwhile
+    gets the event; with none bound by the end of the schedule, it is dead-lettered."""
+    common = {"type": "rabbitmq", "url": rabbitmq_url, "exchange": exchange_name}
+    patient = RabbitMQSubscription.model_validate(
+        {**common, "name": "patient", "retry_schedule": ["500ms"] * 20,
+         "filter": {"job_types": ["product-import"]}}
+    )  # fmt: skip
+    hasty = RabbitMQSubscription.model_validate(
+        {**common, "name": "hasty", "retry_schedule": ["200ms"],
+         "filter": {"job_types": ["price-import"]}}
+    )  # fmt: skip
+    deliveries = Deliveries(redis_client)
+    async with dispatching(dispatcher(redis_client, [patient, hasty])):
+        [waits] = await emit(redis_client, job_type="product-import")
+        [drops] = await emit(redis_client, job_type="price-import")
+        await eventually(lambda: _attempts(deliveries, "patient", waits, 3), 10, "retries")
+        queue = await bound_queue(amqp_channel, exchange_name, "pcm.product-import.*")
+        message = await get_message(queue, wait=10)
+        [letter] = await eventually(lambda: deliveries.dead_letters("hasty"), 10, "a dead letter")
+    assert message is not None and message.message_id == waits
+    assert letter.event_id == drops and letter.attempts == 2
+    assert "returned it: no queue bound for 'pcm.price-import.failed'" in letter.reason
+    log = await deliveries.attempts_for_event(waits, ["patient"])
+    assert [a["ok"] for a in log][-1] == 1 and all(a["ok"] == 0 for a in log[:-1])
+    assert await deliveries.dead_letters("patient") == []
+
+
+async def _attempts(deliveries: Deliveries, sub: str, event_id: str, count: int) -> bool:
+    return len(await deliveries.attempts_for_event(event_id, [sub])) >= count
 
 
 # --- NATS JetStream ---------------------------------------------------------------------

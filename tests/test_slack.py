@@ -148,6 +148,10 @@ async def sink_for(slack: Slack, redis_client: aioredis.Redis) -> AsyncIterator[
         await sink.close()
 
 
+async def _in_digest(redis: aioredis.Redis, count: int) -> bool:
+    return int(await redis.hlen("jb:slack:{failed-imports}:digest")) == count
+
+
 # Rendering
 
 
@@ -335,13 +339,22 @@ async def test_failure_storm_becomes_one_digest_and_nothing_is_lost(
 ) -> None:
     sink = await sink_for(mode, group_threshold=3, group_window=1.0)
     job_ids = [f"job-{n:02d}" for n in range(10)]
+    events = [
+        job_event("stalled" if n == 9 else "failed", job_id=job_id, errors=1)
+        for n, job_id in enumerate(job_ids)
+    ]
     with capture_logs() as logs:
-        for n, job_id in enumerate(job_ids):
-            status = "stalled" if n == 9 else "failed"
-            result = await deliver(sink, job_event(status, job_id=job_id, errors=1))
+        for event in events[:3]:
+            result = await deliver(sink, event)
             assert result.ok, result
+        # The rest fold into the digest: each delivery is done when the digest is sent.
+        folded = [asyncio.create_task(deliver(sink, event)) for event in events[3:]]
+        await eventually(lambda: _in_digest(redis_client, 7), what="seven folded failures")
         assert len(slack.fake.top_level()) == 3
-        await eventually(lambda: len(slack.fake.top_level()) == 4)
+        assert not any(task.done() for task in folded)
+        results = await asyncio.gather(*folded)
+        assert all(result.ok for result in results), results
+        assert len(slack.fake.top_level()) == 4
         await eventually(lambda: any(e["event"] == "slack_digest_sent" for e in logs))
 
     events = [e["event"] for e in logs]
@@ -367,8 +380,9 @@ async def test_digest_lists_the_first_and_counts_the_rest(
     slack: Slack, sink_for: SinkFactory
 ) -> None:
     sink = await sink_for("webhook", group_threshold=0, group_window=0.5)
-    for n in range(40):
-        assert (await deliver(sink, job_event("failed", job_id=f"job-{n:02d}"))).ok
+    events = [job_event("failed", job_id=f"job-{n:02d}") for n in range(40)]
+    results = await asyncio.gather(*(deliver(sink, event) for event in events))
+    assert all(result.ok for result in results)
 
     await eventually(lambda: len(slack.fake.messages) == 1)
     (digest,) = slack.fake.messages
@@ -379,11 +393,17 @@ async def test_digest_lists_the_first_and_counts_the_rest(
 
 
 async def test_digest_left_over_at_shutdown_is_sent_on_start(
-    slack: Slack, sink_for: SinkFactory, aiohttp_server: ServerFactory
+    slack: Slack,
+    sink_for: SinkFactory,
+    aiohttp_server: ServerFactory,
+    redis_client: aioredis.Redis,
 ) -> None:
     first = await sink_for("webhook", group_threshold=0, group_window=1.0)
-    for n in range(3):
-        assert (await deliver(first, job_event("failed", job_id=f"job-{n}"))).ok
+    waiting = [
+        asyncio.create_task(deliver(first, job_event("failed", job_id=f"job-{n}")))
+        for n in range(3)
+    ]
+    await eventually(lambda: _in_digest(redis_client, 3), what="three folded failures")
     await first.close()  # before the window ends: the digest waits in Redis
     # Fence: a live sink's digest, of a window opened after that close, reaches a Slack of its
     # own. By then the closed sink's window has ended too: had it gone on, it would have sent.
@@ -399,6 +419,9 @@ async def test_digest_left_over_at_shutdown_is_sent_on_start(
     await sink_for("webhook", group_threshold=0, group_window=1.0)
     await eventually(lambda: len(slack.fake.messages) == 1, timeout=3)
     assert slack.fake.messages[0].header() == ":rotating_light: 3 jobs failed in the last 1 s"
+    # The deliveries that folded them learn it from Redis, though another sink sent it.
+    results = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    assert all(result.ok for result in results)
 
 
 async def test_digest_send_retries_5xx_and_429(slack: Slack, sink_for: SinkFactory) -> None:
@@ -413,21 +436,25 @@ async def test_digest_send_retries_5xx_and_429(slack: Slack, sink_for: SinkFacto
     assert [status for _, status, _ in slack.fake.rejected] == [500, 503, 429]
 
 
-async def test_digest_that_keeps_failing_is_logged_and_counted(
+async def test_digest_that_keeps_failing_fails_its_events_deliveries(
     slack: Slack, sink_for: SinkFactory, redis_client: aioredis.Redis
 ) -> None:
     sink = await sink_for("webhook", group_threshold=0, group_window=0.2)
     sink.digest.backoff = (0.02, 0.02)
     slack.fake.faults = [Fault(500)] * 3
     with capture_logs() as logs:
-        for n in range(2):
-            assert (await deliver(sink, job_event("failed", job_id=f"job-{n}"))).ok
+        events = [job_event("failed", job_id=f"job-{n}") for n in range(2)]
+        results = await asyncio.gather(*(deliver(sink, event) for event in events))
         await eventually(lambda: any(e["event"] == "slack_digest_failed" for e in logs))
 
     (failed,) = [e for e in logs if e["event"] == "slack_digest_failed"]
     assert failed["events"] == 2 and failed["reason"] == "Slack answered 500 Internal Server Error"
+    # Not lost: each event's delivery failed with it, to be retried (or dead-lettered).
+    assert [(r.ok, r.retryable, r.status, r.reason) for r in results] == [
+        (False, True, 500, "Slack answered 500 Internal Server Error")
+    ] * 2
     stats = await redis_client.hgetall(sink.stats_key)
-    assert stats == {"digests_failed": "1", "digest_events_lost": "2"}
+    assert stats == {"digests_failed": "1", "digest_events_failed": "2"}
     assert slack.fake.messages == []
 
 

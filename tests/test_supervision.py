@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 import bridge.tasks
 from bridge.app import Bridge
 from bridge.config import BridgeConfig
-from bridge.dispatcher import Dispatcher
+from bridge.lanes import Lane
 from bridge.poller import Poller
 from bridge.simulator import Simulator, make_app
 from bridge.sinks.webhook import WebhookSink
@@ -221,10 +221,10 @@ async def setup(
     return Setup(sim, receiver, config, redis_client)
 
 
-async def test_a_dispatcher_whose_sink_fails_to_start_is_restarted_and_delivers(
+async def test_a_lane_whose_sink_fails_to_start_is_restarted_and_delivers(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before supervision, this dispatcher died unseen and the process delivered nothing."""
+    """Before supervision, the dispatcher died unseen and the process delivered nothing."""
     start = WebhookSink.start
     failures = [ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")]
 
@@ -238,20 +238,26 @@ async def test_a_dispatcher_whose_sink_fails_to_start_is_restarted_and_delivers(
         async with running(setup.config, setup.redis) as bridge:
             await setup.delivered(bridge)
             states = {s.name: s for s in bridge.supervisor.states()}
-    dispatcher = states["dispatcher"]
-    assert (dispatcher.alive, dispatcher.restarts) == (True, 1)
-    assert dispatcher.last_error == "ConnectionRefusedError: [Errno 111] Connection refused"
-    assert all(s.alive and s.restarts == 0 for n, s in states.items() if n != "dispatcher")
+    lane = states["lane:hook"]
+    assert (lane.alive, lane.restarts) == (True, 1)
+    assert lane.last_error == "ConnectionRefusedError: [Errno 111] Connection refused"
+    assert all(s.alive and s.restarts == 0 for n, s in states.items() if n != "lane:hook")
     assert set(states) == {
         "poller:shop:pcm",
         "leases",
+        "subscriptions",  # the API's subscriptions, watched (bridge.live)
         "dispatcher",
-        "dispatcher:consume",
-        "dispatcher:retry",
-        "dispatcher:ack",
-        "dispatcher:claim",
+        "dispatcher:watch",
+        "dispatcher:trim",
+        "dispatcher:sweep",
+        "lane:hook",
+        "lane:hook:consume",
+        "lane:hook:ack",
+        "lane:hook:retry",
+        "lane:hook:heartbeat",
+        "lane:hook:claim",
     }
-    [death] = crashes(logs, "dispatcher")
+    [death] = crashes(logs, "lane:hook")
     assert (death["error"], death["error_type"]) == (
         "[Errno 111] Connection refused",
         "ConnectionRefusedError",
@@ -261,10 +267,10 @@ async def test_a_dispatcher_whose_sink_fails_to_start_is_restarted_and_delivers(
 @pytest.mark.parametrize(
     ("owner", "step", "loop"),
     [
-        (Dispatcher, "_consume_once", "dispatcher:consume"),
+        (Lane, "_consume_once", "lane:hook:consume"),
         (Poller, "cycle", "poller:shop:pcm"),
     ],
-    ids=["dispatcher-consume", "poller"],
+    ids=["lane-consume", "poller"],
 )
 async def test_a_loop_killed_in_a_running_bridge_is_restarted_and_works_again(
     setup: Setup, monkeypatch: pytest.MonkeyPatch, owner: type, step: str, loop: str

@@ -134,7 +134,10 @@ async def test_signed_with_every_secret_and_body_sent_exactly(
     assert headers["Content-Type"] == "application/json"
     assert headers["webhook-id"] == event["id"]
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 5
-    assert headers["User-Agent"] == f"jobs-bridge/{__version__} (+https://github.com/jobs-bridge)"
+    assert (
+        headers["User-Agent"]
+        == f"jobs-bridge/{__version__} (+https://github.com/jobs-bridge/jobs-bridge)"
+    )
     assert [s[:3] for s in headers["webhook-signature"].split(" ")] == ["v1,", "v1,"]
     # A receiver that knows either secret verifies; one that knows neither does not.
     assert Webhook(SECRET_A).verify(received, headers) == event

@@ -21,6 +21,7 @@ from bridge.config.types import (
     NonEmptyStr,
     PositiveDuration,
     RedisUrl,
+    Retention,
     Secret,
     StoreName,
     format_duration,
@@ -54,6 +55,10 @@ class RedisConfig(Model):
         return self
 
 
+def _only_pcm() -> list[Source]:
+    return ["pcm"]
+
+
 class StoreConfig(Model):
     """One Elastic Path store to poll."""
 
@@ -61,7 +66,7 @@ class StoreConfig(Model):
     api_base: HttpUrl
     client_id: NonEmptyStr
     client_secret: Secret
-    sources: Annotated[list[Source], Field(min_length=1)] = Field(default_factory=lambda: ["pcm"])
+    sources: Annotated[list[Source], Field(min_length=1)] = Field(default_factory=_only_pcm)
     poll_interval: PositiveDuration = 5.0
     idle_poll_interval: PositiveDuration = 30.0
     max_requests_per_second: float = Field(5.0, gt=0)
@@ -163,8 +168,13 @@ class BridgeConfig(Model):
     subscriptions: list[Subscription] = Field(default_factory=list)
     api: ApiConfig | None = None
     allow_private_networks: bool = False
-    outbox_retention: PositiveDuration = 7 * DAY
-    finished_job_retention: PositiveDuration = 30 * DAY
+    outbox_retention: Retention = 7 * DAY
+    outbox_max_entries: int = Field(1_000_000, ge=1000)
+    dead_letter_retention: Retention = 30 * DAY
+    attempt_retention: Retention = 7 * DAY
+    attempt_log_max: int = Field(10_000, ge=100)
+    consumer_retention: Retention = HOUR
+    finished_job_retention: Retention = 30 * DAY
     # How long a poll lease outlives its holder: a dead process's stores are polled again
     # by another within it. Renewed every third of it.
     lease_ttl: PositiveDuration = 15.0
@@ -176,13 +186,6 @@ class BridgeConfig(Model):
         # `subscriptions:` with every entry commented out parses as null; mean "none".
         if value is None:
             return {} if info.field_name == "redis" else []
-        return value
-
-    @field_validator("finished_job_retention")
-    @classmethod
-    def _at_least_an_hour(cls, value: float) -> float:
-        if value < HOUR:
-            raise ValueError(f"must be at least 1h (got {format_duration(value)})")
         return value
 
     @field_validator("lease_ttl")

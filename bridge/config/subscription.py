@@ -58,3 +58,10 @@ class SubscriptionBase(Model):
     disable_after: PositiveDuration = 5 * DAY
     concurrency: int = Field(10, ge=1, le=100)
     enabled: bool = True
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _some_retry(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("must list at least one delay, e.g. [5s] (failures are retried)")
+        return value

@@ -9,7 +9,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, SecretStr
@@ -34,7 +34,10 @@ DEFAULT_TIMEOUT = 15.0  # seconds one delivery attempt may take
 
 # The status vocabulary as the config spells it: a Literal of the enum's values, so that
 # pydantic names the allowed words (not the enum's members) when one is wrong.
-Status = Literal[tuple(status.value for status in JobStatus)]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    Status = JobStatus
+else:
+    Status = Literal[tuple(status.value for status in JobStatus)]
 
 
 class Invalid(ValueError):
@@ -110,7 +113,7 @@ def format_duration(seconds: float, *, human: bool = False) -> str:
     if seconds < 10:
         return f"{seconds:.3g} s"
     total = round(seconds)
-    parts = []
+    parts: list[str] = []
     for unit, size in _HUMAN_UNITS:
         if total >= size or (unit == "s" and not parts):
             parts.append(f"{int(total // size)} {unit}")
@@ -125,7 +128,16 @@ def _positive_duration(value: object) -> float:
     return seconds
 
 
+def _retention(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds < HOUR:
+        raise ValueError(f"must be at least 1h (got {format_duration(seconds)})")
+    return seconds
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# How long kept state lives: shorter than an hour is a typo (`1ms`), never a wish.
+Retention = Annotated[float, BeforeValidator(_retention)]
 PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
 
 

@@ -80,7 +80,7 @@ def _now_after(job: SimJob) -> int:
 def _canonical_status(source: str, status: str) -> str:
     # Callers may use any word docs and SDKs use ("processing", "COMPLETE", ...).
     try:
-        word = normalise_status(status)
+        word: str = normalise_status(status)
     except ValueError:
         word = status
     allowed = _PCM_STATUSES if source == "pcm" else _V2_STATUSES
@@ -289,7 +289,7 @@ class JobBook:
         _apply(job, target, _now_after(job), NS_PER_MS)
         log.debug("sim_job_status_changed", job_id=job_id, previous=previous, status=target)
 
-    def add_errors(self, job_id: str, messages: list[str]) -> None:
+    def add_errors(self, job_id: str, messages: object) -> None:
         """Attach `pim-job-error` records to a job, as a failed import has."""
         job = self.get(job_id)
         if not isinstance(messages, list) or not all(isinstance(m, str) for m in messages):

@@ -163,7 +163,7 @@ class Simulator:
         """Move a job as the real API does; `force=True` allows any transition."""
         self.book.set_status(job_id, status, force=force)
 
-    def add_errors(self, job_id: str, messages: list[str]) -> None:
+    def add_errors(self, job_id: str, messages: object) -> None:
         """Attach `pim-job-error` records to a job, as a failed import has."""
         self.book.add_errors(job_id, messages)
 

@@ -126,6 +126,11 @@ class Sink(ABC, Generic[Client]):
     ) -> DeliveryResult:
         """Send one event; put what the attempt's log line should add into `details`."""
 
+    def concurrency(self, configured: int) -> int:
+        """How many deliveries may be in flight at once: the subscription's `concurrency`,
+        unless this sink's deliveries wait on something they share (a Slack digest)."""
+        return configured
+
     async def start(self) -> None:
         self.closing = False
         await self.client()

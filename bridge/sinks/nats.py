@@ -160,7 +160,7 @@ class NatsSink(BrokerSink[_Link]):
             return DeliveryResult(ok=False, reason=reason)
         if self._stream is None:
             await nc.publish(subject, body, headers=headers)
-            await nc.flush(timeout=self.timeout)
+            await nc.flush(timeout=self.timeout)  # type: ignore[arg-type]  # see connect()
             return DeliveryResult(ok=True)
         # `stream=` makes the server refuse the message when the subject belongs to some
         # other stream, instead of storing it where nobody looks.
@@ -175,11 +175,13 @@ class NatsSink(BrokerSink[_Link]):
 
     async def ready(self, client: _Link) -> None:
         # While reconnecting, deliver() says so without waiting for the stream.
-        ready = self._stream_ready or not (self._stream and self._create_stream)
-        if ready or not client.nc.is_connected:
+        stream = self._stream
+        if not stream or self._stream_ready or not self._create_stream:
+            return
+        if not client.nc.is_connected:
             return
         try:
-            await self._ensure_stream(client.js, self._stream)
+            await self._ensure_stream(client.js, stream)
         except self.errors() as exc:
             # Connected, but no stream (JetStream off, subjects taken by another stream, no
             # permission): try again on the next delivery.
@@ -207,8 +209,9 @@ class NatsSink(BrokerSink[_Link]):
             await nc.connect(
                 servers=[self.url],
                 name=f"jobs-bridge {self.name}",
-                connect_timeout=min(self.timeout, 5.0),
-                reconnect_time_wait=RECONNECT_WAIT,
+                # nats-py hints these as int; it takes float seconds (asyncio timeouts).
+                connect_timeout=min(self.timeout, 5.0),  # type: ignore[arg-type]
+                reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]
                 # nats-py keeps retrying a first connect for as long as this allows, so the
                 # first one gets one retry; once connected, reconnects are unlimited (below).
                 max_reconnect_attempts=1,

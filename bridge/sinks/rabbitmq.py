@@ -1,4 +1,5 @@
-"""RabbitMQ sink: each event published with publisher confirms to a durable topic exchange."""
+"""RabbitMQ sink: each event published with publisher confirms to a durable topic exchange,
+`mandatory`: a message that no bound queue takes is returned, and that delivery failed."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ class RabbitMQSink(BrokerSink[_Link]):
 
     async def _publish(self, message: aio_pika.Message, key: str) -> str:
         """Empty once the broker confirmed the message, else why it did not."""
-        from aio_pika.exceptions import DeliveryError
+        from aio_pika.exceptions import DeliveryError, PublishError
 
         try:
             link = await self.client()
@@ -94,8 +95,12 @@ class RabbitMQSink(BrokerSink[_Link]):
         try:
             async with asyncio.timeout(self.timeout):
                 await link.channel.ready()  # channel and exchange restored after a reconnect
-                # mandatory=False: an event nobody has bound a queue for is not an error.
-                await link.exchange.publish(message, key, mandatory=False, timeout=self.timeout)
+                # mandatory: a message no queue is bound for comes back, and is not delivered.
+                await link.exchange.publish(message, key, mandatory=True, timeout=self.timeout)
+        except PublishError as exc:
+            # Basic.Return: routed nowhere. Retried: a consumer may bind its queue meanwhile.
+            why = getattr(exc.frame, "reply_text", "") or "unroutable"
+            return f"RabbitMQ at {self.where} returned it: no queue bound for {key!r} ({why})"
         except DeliveryError as exc:
             # Basic.Nack or Basic.Reject: the broker could not take responsibility for it.
             frame = type(exc.frame).__name__
@@ -122,7 +127,7 @@ class RabbitMQSink(BrokerSink[_Link]):
             raise
         self.link.set(True)
         try:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             # Declared (and re-declared on every reconnect by aio-pika) so that publishing
             # never depends on someone having created the exchange first.
             exchange = await channel.declare_exchange(

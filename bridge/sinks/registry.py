@@ -8,7 +8,7 @@ sinks; importing it imports no client library (see bridge.sinks.base).
 from __future__ import annotations
 
 import importlib
-from typing import Annotated, Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, Union
 
 from pydantic import Field
 
@@ -30,11 +30,15 @@ SINKS: dict[str, SinkType] = {
     "nats": SinkType(nats.NatsSubscription, nats.NatsSink),
 }
 
-# One subscription entry of the config file: the model its `type` names.
-Subscription = Annotated[
-    Union[tuple(entry.model for entry in SINKS.values())],  # type: ignore[valid-type]  # noqa: UP007
-    Field(discriminator="type"),
-]
+# One subscription entry of the config file: the model its `type` names. Type checkers see
+# the base class every entry shares; pydantic sees the union built from the table.
+if TYPE_CHECKING:
+    Subscription = SubscriptionBase
+else:
+    Subscription = Annotated[
+        Union[tuple(entry.model for entry in SINKS.values())],  # noqa: UP007
+        Field(discriminator="type"),
+    ]
 
 
 class MissingExtra(RuntimeError):

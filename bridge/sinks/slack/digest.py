@@ -22,6 +22,15 @@ if TYPE_CHECKING:
 
 BACKOFF = (2.0, 4.0, 8.0)  # waits between the tries of one digest send
 MAX_WAIT = 60.0
+OUTCOME_TTL = 86_400  # seconds a sent digest answers redeliveries of its events
+OUTCOME_POLL = 1.0  # seconds between looks for the outcome a replica's send wrote
+NOT_FOLDED, FOLDED, ALREADY_SENT = 0, 1, 2  # what fold() did with an event
+
+
+def event_key(view: JobView) -> str:
+    """The event's name in the digest."""
+    return view.event_id or f"{view.job_id}/{view.status}"
+
 
 # The digest buffer lives in Redis so that a restart loses nothing. Scripts do each
 # check-and-change in one step: two replicas of the bridge share one subscription's buffer.
@@ -30,12 +39,20 @@ local recent = KEYS[1]
 local digest = KEYS[2]
 local opened = KEYS[3]
 local inflight = KEYS[4]
+local outcome = KEYS[5]             -- what the last digest carrying this event did with it
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local threshold = tonumber(ARGV[3])
 local event_id = ARGV[4]
 local entry = ARGV[5]
 local ttl = tonumber(ARGV[6])
+local sent = redis.call('GET', outcome)
+if sent == 'ok' then
+  return 2                          -- a digest carried it already (a redelivery)
+end
+if sent then
+  redis.call('DEL', outcome)        -- that digest failed: this is the event's retry
+end
 -- A redelivered event that is already waiting for (or in) a digest stays there once.
 if redis.call('HEXISTS', digest, event_id) == 1 then
   return 1
@@ -78,16 +95,23 @@ end
 return redis.call('HGETALL', inflight)
 """
 
+# Ends a send: the digest is done with (or kept for a restart), and each of its events'
+# outcome is written where every replica's waiting delivery reads it.
 _RELEASE = """
 local inflight = KEYS[1]
 local lease = KEYS[2]
 local token = ARGV[1]
 local done = ARGV[2]
+local outcome = ARGV[3]
+local ttl = ARGV[4]
 if redis.call('GET', lease) ~= token then
   return 0
 end
 if done == '1' then
   redis.call('DEL', inflight)
+  for i = 3, #KEYS do
+    redis.call('SET', KEYS[i], outcome, 'EX', ttl)
+  end
 end
 redis.call('DEL', lease)
 return 1
@@ -97,7 +121,10 @@ return 1
 class Digest:
     """One subscription's digest: failures fold into it, and a task sends it when it is due.
 
-    Sent with its own retries (`backoff`), not the dispatcher's: no event stands for it.
+    A folded event's delivery waits for the send of the digest that carries it (`outcome`),
+    so it is acknowledged only once Slack took the message; a digest that fails after its
+    own few tries (`backoff`) fails each of its events' deliveries, which then go through
+    their retries and dead letters like any other.
     """
 
     def __init__(
@@ -135,6 +162,7 @@ class Digest:
         self._take_script = redis.register_script(_TAKE)
         self._release_script = redis.register_script(_RELEASE)
         self._wake = asyncio.Event()
+        self._sent = asyncio.Event()  # set (and replaced) after each send from this process
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -158,8 +186,9 @@ class Digest:
                 await self._sender
             self._sender = None
 
-    async def fold(self, view: JobView) -> bool:
-        """Count a failure; True when it went into the digest instead of its own message."""
+    async def fold(self, view: JobView) -> int:
+        """Count a failure: NOT_FOLDED (send it on its own), FOLDED (it waits for the digest),
+        or ALREADY_SENT (a digest carried it before: this is a redelivery)."""
         entry = {
             "t": time.time(),
             "event_id": view.event_id,
@@ -171,20 +200,51 @@ class Digest:
             "error": view.errors[0][:ERROR_CHARS] if view.errors else "",
             "errors": len(view.errors),
         }
+        key = event_key(view)
         folded = await self._fold_script(
-            keys=[self._recent_key, self._digest_key, self._opened_key, self._inflight_key],
+            keys=[
+                self._recent_key,
+                self._digest_key,
+                self._opened_key,
+                self._inflight_key,
+                self._outcome_key(key),
+            ],
             args=[
                 repr(time.time()),
                 repr(self.window),
                 self.threshold,
-                view.event_id or f"{view.job_id}/{view.status}",
+                key,
                 json.dumps(entry, ensure_ascii=False),
                 MESSAGE_TTL,
             ],
         )
-        if folded:
+        if folded == FOLDED:
             self._wake.set()
-        return bool(folded)
+        return int(folded)
+
+    async def outcome(self, view: JobView) -> DeliveryResult:
+        """What became of the digest that carries this folded event, once it was sent (by
+        this process or another); a failure after `wait_limit` seconds without one."""
+        outcome_key = self._outcome_key(event_key(view))
+        deadline = time.monotonic() + self.wait_limit()
+        while True:
+            sent = self._sent  # before the look: a send after it wakes the wait below
+            raw = await self._redis.get(outcome_key)
+            if raw is not None:
+                return _result(raw)
+            if time.monotonic() > deadline:
+                return DeliveryResult(
+                    ok=False, reason=f"no digest carried it within {round(self.wait_limit())} s"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sent.wait(), OUTCOME_POLL)
+
+    def wait_limit(self) -> float:
+        """Seconds a folded event waits for its digest: the window, then one whole send."""
+        return self.window + self._lease_seconds() + 30
+
+    def _outcome_key(self, key: str) -> str:
+        return slack_key(self._name, "digest", "outcome", key)
 
     async def _run(self) -> None:
         from redis.exceptions import RedisError
@@ -240,21 +300,26 @@ class Digest:
             return False
         entries = _entries(raw)
         if not entries:  # nothing readable in it: drop it rather than send an empty digest
-            await self._release_script(
-                keys=[self._inflight_key, self._lease_key], args=[token, "1"]
-            )
+            await self._release(token, None, [])
             return True
-        done = False
+        result: DeliveryResult | None = None
         try:
             result = await self._send(entries)
-            done = True
         finally:
             # Stopped mid-send: keep the digest and free the lease, so a restart sends it now.
-            await self._release_script(
-                keys=[self._inflight_key, self._lease_key], args=[token, "1" if done else "0"]
-            )
+            await self._release(token, result, _keys(raw))
         await self._record(result, entries)
         return True
+
+    async def _release(self, token: str, result: DeliveryResult | None, keys: list[str]) -> None:
+        done = result is not None or not keys
+        outcome = "" if result is None else ("ok" if result.ok else _failure(result))
+        await self._release_script(
+            keys=[self._inflight_key, self._lease_key, *(self._outcome_key(k) for k in keys)],
+            args=[token, "1" if done else "0", outcome, OUTCOME_TTL],
+        )
+        self._sent.set()
+        self._sent = asyncio.Event()
 
     async def _record(self, result: DeliveryResult, entries: list[dict[str, Any]]) -> None:
         jobs = [e.get("job_id") for e in entries]
@@ -262,6 +327,7 @@ class Digest:
             self._log.info("slack_digest_sent", events=len(entries), job_ids=jobs[:50])
             await self._redis.hincrby(self.stats_key, "digests_sent", 1)
             return
+        # Not lost: each event's delivery fails with it, and is retried or dead-lettered.
         self._log.error(
             "slack_digest_failed",
             events=len(entries),
@@ -271,7 +337,7 @@ class Digest:
         )
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hincrby(self.stats_key, "digests_failed", 1)
-            pipe.hincrby(self.stats_key, "digest_events_lost", len(entries))
+            pipe.hincrby(self.stats_key, "digest_events_failed", len(entries))
             await pipe.execute()
 
     async def _send(self, entries: list[dict[str, Any]]) -> DeliveryResult:
@@ -294,6 +360,25 @@ class Digest:
             self._log.info("slack_digest_retrying", reason=result.reason, wait=pause)
             # The lock is free meanwhile: single messages keep flowing while the digest waits.
             await asyncio.sleep(pause)
+
+
+def _failure(result: DeliveryResult) -> str:
+    fields = ("status", "reason", "retry_after", "retryable", "disable")
+    return json.dumps({field: getattr(result, field) for field in fields})
+
+
+def _result(raw: str) -> DeliveryResult:
+    if raw == "ok":
+        return DeliveryResult(ok=True, response_excerpt="sent in a digest")
+    try:
+        failed = json.loads(raw)
+        return DeliveryResult(ok=False, **failed)
+    except (ValueError, TypeError):
+        return DeliveryResult(ok=False, reason="the digest carrying it failed")
+
+
+def _keys(raw: Sequence[Any]) -> list[str]:
+    return [k.decode() if isinstance(k, bytes) else k for k in raw[0::2]]
 
 
 def _entries(raw: Sequence[Any]) -> list[dict[str, Any]]:

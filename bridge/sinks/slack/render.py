@@ -24,14 +24,15 @@ BUTTON_URL_MAX = 3000
 # beyond a few lines nobody reads it.
 TEXT_MAX = 1000
 
-COLOURS = {
+# Keyed by the status words (a JobStatus is one): a view may carry any status it was given.
+COLOURS: dict[str, str] = {
     JobStatus.FAILED: "#d40e0d",  # danger
     JobStatus.SUCCESS: "#2eb886",  # good
     JobStatus.STALLED: "#daa038",  # warning
     JobStatus.CANCELLED: "#daa038",
 }
 NEUTRAL_COLOUR = "#dddddd"  # Slack's own default bar: pending / started say nothing is wrong
-EMOJI = {
+EMOJI: dict[str, str] = {
     JobStatus.PENDING: ":hourglass_flowing_sand:",
     JobStatus.STARTED: ":arrows_counterclockwise:",
     JobStatus.SUCCESS: ":white_check_mark:",

@@ -26,7 +26,7 @@ from bridge.logs import register_secrets
 from bridge.sinks.base import DeliveryResult, SinkContext
 from bridge.sinks.http import HttpSink
 from bridge.sinks.slack.api import MIN_INTERVAL, SlackApi
-from bridge.sinks.slack.digest import Digest
+from bridge.sinks.slack.digest import ALREADY_SENT, NOT_FOLDED, Digest
 from bridge.sinks.slack.messages import JobMessages
 from bridge.sinks.slack.render import (
     BUTTON_URL_MAX,
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 DEFAULT_API_BASE = "https://slack.com/api/"
 FAILURE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.STALLED})
 LINK_TEMPLATE_FIELDS = ("job_id", "store", "job_type", "source")
+DIGEST_WAITERS = 200  # folded failures that may wait for a digest at once
 
 
 def _check_link_template(value: str) -> str:
@@ -185,6 +186,15 @@ class SlackSink(HttpSink):
         """Where the ts and channel of a job's message are kept (bot mode)."""
         return self.messages.key(store, source, job_id)
 
+    def concurrency(self, configured: int) -> int:
+        # Folded failures wait for their digest: room for a storm's worth of them, beside
+        # the messages that go out meanwhile (Slack's pacing limits those anyway).
+        return (
+            max(configured, self.digest.threshold + DIGEST_WAITERS)
+            if self.digest.enabled
+            else configured
+        )
+
     async def start(self) -> None:
         await super().start()
         self.digest.start()
@@ -209,10 +219,16 @@ class SlackSink(HttpSink):
 
     async def _route(self, view: JobView) -> tuple[DeliveryResult, str]:
         """Into the digest, to the job's own message (bot), or a message of its own."""
-        if self.digest.enabled and view.status in FAILURE_STATUSES and await self.digest.fold(view):
+        folded = NOT_FOLDED
+        if self.digest.enabled and view.status in FAILURE_STATUSES:
+            folded = await self.digest.fold(view)
+        if folded != NOT_FOLDED:
             if self._api.bot:
                 await self.messages.refresh_quietly(view)
-            return DeliveryResult(ok=True, response_excerpt="folded into the digest"), "folded"
+            if folded == ALREADY_SENT:
+                return DeliveryResult(ok=True, response_excerpt="sent in a digest before"), "folded"
+            # Delivered when the digest that carries it is: it waits for that send.
+            return await self.digest.outcome(view), "folded"
         if self._api.bot:
             return await self.messages.to_channel(view, quiet=False)
         async with self._api.lock:

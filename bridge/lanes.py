@@ -1,0 +1,431 @@
+"""One subscription's way through the outbox: its consumer group, its slots, its retries.
+
+A lane reads every outbox stream through its subscription's own consumer group, so a slow,
+failing or disabled subscription holds back no other. An entry is acknowledged once its
+delivery succeeded or was handed to the retry schedule or the dead-letter stream; entries that
+do not match the filter are acknowledged at once. Entries a lane holds (read or claimed, not
+yet acknowledged) are kept fresh with `XCLAIM ... JUSTID` every `claim_idle / 3`, so only
+the entries of a consumer that is really gone ever become idle long enough to be claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from bridge.config import SubscriptionBase, format_duration
+from bridge.deliveries import Deliveries, Health, PendingRetry
+from bridge.events import encode
+from bridge.keys import group_name
+from bridge.outbox import Watch, create_group, is_nogroup
+from bridge.sinks import DeliveryResult, Sink
+from bridge.store import event_from_outbox
+from bridge.tasks import Supervisor, describe, finish
+
+log = structlog.get_logger(__name__)
+
+RETRY_AFTER_MAX = 3600.0  # a destination may slow us down, but not park an event for days
+HEALTH_CACHE_SECONDS = 1.0
+DRAIN_SECONDS = 10.0  # how long a stop waits for deliveries in flight
+ACK_EVERY = 0.05  # seconds between batched acknowledgements of handled outbox entries
+LOOP_GRACE = 5.0  # how long a stop waits for a lane's loops to end their step
+HEARTBEAT_BATCH = 500  # entry ids per XCLAIM heartbeat
+
+Step = Callable[[], Awaitable[Any]]
+
+
+def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | None) -> float | None:
+    """Seconds until the next try after `attempt` failed tries, or None when none are left.
+
+    +-20 % jitter keeps many failed deliveries from coming due in one burst.
+    """
+    if attempt > len(schedule):
+        return None
+    delay = schedule[attempt - 1] * random.uniform(0.8, 1.2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, RETRY_AFTER_MAX))
+    return delay
+
+
+def matches(sub: SubscriptionBase, event: dict[str, Any]) -> bool:
+    data = event["data"]
+    return sub.filter.matches(data["store"], data["source"], data["job"]["type"], data["status"])
+
+
+async def repeat(stop: asyncio.Event, step: Step, pause: float) -> None:
+    """Run `step` until stopped; a step that returns True has more work and runs again.
+
+    A failed step is retried here with backoff; what escapes (not an Exception, or a stray
+    CancelledError) ends the loop, and its supervisor restarts it.
+    """
+    failures = 0
+    while not stop.is_set():
+        try:
+            more = await step()
+            failures = 0
+            wait = 0.0 if more is True else pause
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures += 1
+            wait = min(30.0, 0.5 * 2**failures)
+            name = getattr(step, "__name__", repr(step))
+            log.warning("dispatch_loop_failed", step=name, error=describe(exc), retry_in=wait)
+        if wait:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+
+
+class Lane:
+    """Every delivery of one subscription: first attempts from the outbox, retries, claims."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        outbox_keys: Sequence[str],
+        sub: SubscriptionBase,
+        sink: Sink[Any],
+        deliveries: Deliveries,
+        watch: Watch,
+        *,
+        consumer: str,
+        claim_idle: float,
+        block: float,
+        batch: int,
+        counts: Counter[str],
+        stats: Counter[str],
+        on_attempt: Callable[[str, DeliveryResult], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.outbox_keys = list(outbox_keys)
+        self.sub = sub
+        self.name = sub.name
+        self.sink = sink
+        self.deliveries = deliveries
+        self.watch = watch
+        self.group = group_name(sub.name)
+        self.consumer = consumer
+        self.claim_idle = claim_idle
+        self.block = block
+        self.batch = batch
+        self.counts = counts  # deliveries: delivered, failed_attempts, ...
+        self.stats = stats  # outbox entries: routed, claimed, skipped
+        self.on_attempt = on_attempt  # hears every attempt's result (metrics)
+        concurrency = sink.concurrency(sub.concurrency)
+        self.slots = asyncio.Semaphore(concurrency)
+        # Entries read ahead of a free slot: enough to keep the slots busy, bounded.
+        self.window = concurrency + batch
+        self.held: defaultdict[str, set[str]] = defaultdict(set)  # read, not acknowledged
+        self._acks: defaultdict[str, list[str]] = defaultdict(list)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._wake: asyncio.Event | None = None
+        self._health: tuple[float, Health] | None = None
+        self.stop = asyncio.Event()  # this lane's own: set by a global stop or by its removal
+        self.supervisor = Supervisor()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def create_groups(self, start: str = "$") -> None:
+        """This subscription's group on every outbox (new ones start at `start`)."""
+        for key in self.outbox_keys:
+            await create_group(self.redis, key, self.group, start)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # Its groups exist (Dispatcher.prepare, apply); one missing now was lost: see _recover.
+        await self.deliveries.register(self.name)
+        self._wake = self.watch.listen()
+        stopped = False
+        try:
+            await self.sink.start()
+            await self._take_own_pending()
+            for name, step, pause in (
+                ("consume", self._consume_once, 0.0),
+                ("ack", self._flush_acks, ACK_EVERY),
+                ("retry", self._retry_once, 1.0),
+                ("heartbeat", self._heartbeat_once, self.claim_idle / 3),
+                ("claim", self._claim_once, self.claim_idle / 2),
+            ):
+                loop = functools.partial(repeat, step=step, pause=pause)
+                self.supervisor.start(f"lane:{self.name}:{name}", loop, stop)
+            await stop.wait()
+            stopped = True
+        finally:
+            # Stopped: let loops end their step and deliveries finish. Cancelled or crashed:
+            # end now; unacknowledged entries are taken again by the next run, or claimed.
+            self.watch.forget(self._wake)
+            await self.supervisor.finish(grace=LOOP_GRACE if stopped else 0)
+            if stopped:  # what was emitted before the stop is delivered within the drain too
+                with contextlib.suppress(Exception):
+                    await self._read_new()
+            await finish(set(self._tasks), grace=DRAIN_SECONDS if stopped else 0)
+            with contextlib.suppress(Exception):  # what was delivered is not sent again
+                await self._flush_acks()
+            self.held.clear()
+            self._acks.clear()
+            await self.sink.close()
+            log.info("lane_stopped", subscription=self.name, **self.counts)
+
+    async def _take_own_pending(self) -> None:
+        """Entries this consumer read before (a lane restarted in this process) go first."""
+        replies = await self._read({key: "0" for key in self.outbox_keys}, self.window)
+        for key, entries in replies:
+            for entry_id, fields in entries:
+                if fields:
+                    self._take(key, entry_id, fields)
+
+    # -- the outbox ----------------------------------------------------------------------
+
+    async def _read(self, streams: dict[str, str], count: int) -> list[Any]:
+        try:
+            replies = await self.redis.xreadgroup(self.group, self.consumer, streams, count=count)
+        except Exception as exc:
+            if not is_nogroup(exc):
+                raise
+            await self._recover(exc)
+            return []
+        return list(replies or [])
+
+    async def _recover(self, exc: BaseException) -> None:
+        """The group is gone (Redis lost its data): create it again, from the stream's start."""
+        log.error("state_lost", subscription=self.name, error=str(exc), group=self.group)
+        self.held.clear()
+        self._acks.clear()
+        await self.deliveries.register(self.name)
+        await self.create_groups(start="0")
+
+    async def _consume_once(self) -> bool:
+        if not await self._has_room():
+            return True
+        assert self._wake is not None
+        self._wake.clear()  # before the read: an entry added during it wakes the wait below
+        if await self._read_new():
+            return True
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=self.block)
+        except TimeoutError:
+            return True
+        # Read what woke us in this step: a stop meanwhile still lets it be delivered.
+        await self._read_new()
+        return True
+
+    async def _read_new(self) -> int:
+        """Read new entries, as many as there is room for; how many were taken."""
+        room = min(self.window - len(self._tasks), self.batch)
+        replies = await self._read({key: ">" for key in self.outbox_keys}, room)
+        taken = 0
+        for key, entries in replies:
+            for entry_id, fields in entries:
+                self._take(key, entry_id, fields)
+                taken += 1
+        return taken
+
+    async def _has_room(self) -> bool:
+        """True when another delivery may start; else wait until one ends (False)."""
+        if len(self._tasks) < self.window:
+            return True
+        self._room.clear()
+        await self._room.wait()
+        return False
+
+    def _take(self, key: str, entry_id: str, fields: dict[str, str]) -> None:
+        """An entry now in this lane's hands: acknowledged at once, or delivered."""
+        self.held[key].add(entry_id)
+        try:
+            event = event_from_outbox(fields)
+        except (KeyError, ValueError) as exc:
+            # Unreadable entries would come back forever: acknowledge, and say so loudly.
+            log.error("outbox_entry_invalid", stream=key, entry_id=entry_id, error=repr(exc))
+            self.stats["invalid_entries"] += 1
+            self._acks[key].append(entry_id)
+            return
+        if not matches(self.sub, event):
+            self.stats["skipped"] += 1
+            self._acks[key].append(entry_id)
+            return
+        self.stats["routed"] += 1
+        self._spawn(self._deliver_entry(key, entry_id, event), key, entry_id)
+
+    def _spawn(self, work: Awaitable[None], key: str = "", entry_id: str = "") -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, key=key, entry_id=entry_id))
+
+    def _task_done(self, task: asyncio.Task[None], key: str, entry_id: str) -> None:
+        self._tasks.discard(task)
+        self._room.set()
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or error is not None:
+            if entry_id:
+                # Not acknowledged and no longer kept fresh: claimed and handled again later.
+                self.held[key].discard(entry_id)
+            if error is not None:
+                log.warning("outbox_entry_failed", subscription=self.name, error=describe(error))
+
+    async def _deliver_entry(self, key: str, entry_id: str, event: dict[str, Any]) -> None:
+        health = await self._cached_health()
+        if not health.enabled:
+            reason = f"subscription disabled: {health.disabled_reason}"
+            await self.deliveries.dead_letter(self.name, event, 0, reason)
+            self.counts["dead_lettered"] += 1
+        else:
+            await self.attempt(event, encode(event), attempt=1)
+        self._acks[key].append(entry_id)
+
+    async def _flush_acks(self) -> None:
+        for key in list(self._acks):
+            ids = self._acks.pop(key)
+            if ids:
+                await self.redis.xack(key, self.group, *ids)
+                self.held[key].difference_update(ids)
+
+    async def _heartbeat_once(self) -> None:
+        """Touch every held entry: its idle time restarts, so no other replica claims it."""
+        for key, ids in list(self.held.items()):
+            batch = list(ids)
+            for start in range(0, len(batch), HEARTBEAT_BATCH):
+                chunk = batch[start : start + HEARTBEAT_BATCH]
+                try:
+                    await self.redis.xclaim(key, self.group, self.consumer, 0, chunk, justid=True)
+                except Exception as exc:
+                    if not is_nogroup(exc):
+                        raise  # (a lost group: the consume loop recovers it)
+
+    async def _claim_once(self) -> None:
+        """Take over entries a consumer that is gone read but never acknowledged."""
+        for key in self.outbox_keys:
+            cursor = "0-0"
+            while len(self._tasks) < self.window:
+                try:
+                    reply = await self.redis.xautoclaim(
+                        key, self.group, self.consumer, int(self.claim_idle * 1000), cursor,
+                        count=max(1, min(100, self.window - len(self._tasks))),
+                    )  # fmt: skip
+                except Exception as exc:
+                    if not is_nogroup(exc):
+                        raise
+                    break
+                cursor, entries = reply[0], reply[1]
+                for entry_id, fields in entries:
+                    if entry_id in self.held[key]:
+                        continue  # ours, in hand (a heartbeat came late)
+                    if not fields:  # trimmed from the stream meanwhile
+                        await self.redis.xack(key, self.group, entry_id)
+                        continue
+                    self.stats["claimed"] += 1
+                    self._take(key, entry_id, fields)
+                if cursor == "0-0":
+                    break
+
+    # -- retries -------------------------------------------------------------------------
+
+    async def _retry_once(self) -> bool:
+        """Start the due retries, as many as there is room for. True when more may be due."""
+        if not await self._has_room():
+            return True
+        room = min(self.batch, self.window - len(self._tasks))
+        due = await self.deliveries.claim_due(self.name, limit=room)
+        for pending in due:
+            self._spawn(self._retry(pending))
+        return len(due) == room
+
+    async def _retry(self, pending: PendingRetry) -> None:
+        if pending.event is None:
+            await self.deliveries.settle(self.name, pending.event_id)
+            return
+        health = await self._cached_health()
+        if not health.enabled:
+            await self.deliveries.dead_letter(
+                self.name, pending.event, pending.attempts,
+                f"subscription disabled: {health.disabled_reason}",
+            )  # fmt: skip
+            self.counts["dead_lettered"] += 1
+            return
+        await self.attempt(
+            pending.event, encode(pending.event), pending.attempts + 1, scheduled=True
+        )
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    async def attempt(
+        self, event: dict[str, Any], body: bytes, attempt: int, *, scheduled: bool = False
+    ) -> DeliveryResult:
+        """Deliver once; then record it and decide: done, retry later, or dead-letter.
+
+        `scheduled`: the delivery came off the retry schedule (a retry or a replay), whose
+        entry must be cleared once it is done.
+        """
+        async with self.slots:
+            started = time.perf_counter()
+            try:
+                result = await self.sink.deliver(event, body)
+            except Exception as exc:  # a sink bug must not stop the lane
+                result = DeliveryResult(
+                    ok=False,
+                    reason=f"sink error: {type(exc).__name__}",
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                )
+                log.exception("sink_failed", subscription=self.name, event_id=event["id"])
+        await self.deliveries.record_attempt(self.name, event["id"], attempt, result)
+        if self.on_attempt is not None:
+            self.on_attempt(self.name, result)
+        bound = log.bind(subscription=self.name, event_id=event["id"], attempt=attempt)
+        if result.ok:
+            self.counts["delivered"] += 1
+            if scheduled:
+                await self.deliveries.settle(self.name, event["id"])
+            bound.debug("delivery_succeeded", status=result.status)
+            return result
+        self.counts["failed_attempts"] += 1
+        reason = await self._after_failure(event, attempt, result, bound)
+        if reason is not None:
+            await self.deliveries.dead_letter(self.name, event, attempt, reason)
+            self.counts["dead_lettered"] += 1
+            bound.warning("delivery_dead_lettered", reason=reason)
+        return result
+
+    async def _after_failure(
+        self, event: dict[str, Any], attempt: int, result: DeliveryResult, bound: Any
+    ) -> str | None:
+        """Retry later (None), or the reason to dead-letter now."""
+        reason = result.reason or "delivery failed"
+        if result.disable:
+            await self._disable(reason)
+            return reason
+        if not result.retryable:
+            return reason
+        health = await self.deliveries.health(self.name)
+        if health.failing_since and time.time() - health.failing_since > self.sub.disable_after:
+            ago = format_duration(time.time() - health.failing_since, human=True)
+            reason = f"failing since {ago} ago: {reason}"
+            await self._disable(reason)
+            return reason
+        delay = retry_delay(self.sub.retry_schedule, attempt, result.retry_after)
+        if delay is None:
+            return f"gave up after {attempt} attempts: {reason}"
+        await self.deliveries.schedule_retry(self.name, event, attempt, time.time() + delay)
+        self.counts["retries_scheduled"] += 1
+        bound.info("delivery_failed", reason=reason, retry_in=round(delay, 2))
+        return None
+
+    async def _disable(self, reason: str) -> None:
+        await self.deliveries.disable(self.name, reason)
+        self._health = None
+        log.error("subscription_disabled", subscription=self.name, reason=reason)
+
+    async def _cached_health(self) -> Health:
+        now = time.monotonic()
+        if self._health is None or now - self._health[0] > HEALTH_CACHE_SECONDS:
+            self._health = (now, await self.deliveries.health(self.name))
+        return self._health[1]
