@@ -70,6 +70,12 @@ async def test_api_reports_what_an_on_call_engineer_needs(aiohttp_server, redis_
             await eventually(lambda: answers_ok(http, f"{base}/healthz"))
             async with http.get(f"{base}/status") as response:
                 assert response.status == 401
+
+            async def baseline_done() -> bool:
+                async with http.get(f"{base}/status", headers=auth) as response:
+                    return bool((await response.json())["pollers"][0]["baseline_done"])
+
+            await eventually(baseline_done)  # the job below is news, not history
             job_id = sim.create_job()
 
             async def dead_lettered() -> bool:
