@@ -1,8 +1,8 @@
 """Benchmark: many simulated stores polled by 1 and by 3 `jobs-bridge run` replicas, idle and busy.
 
-Run: `python bench/scale.py [--stores 200] [--rate 0.05] [--window 30]` (Redis at REDIS_URL,
-default redis://127.0.0.1:6379/14, flushed at start, between runs and at the end). About three
-minutes with the defaults.
+Run: `python bench/scale.py [--stores 200] [--rate 0.05] [--replicas 1,3]` (Redis at
+REDIS_URL, default redis://127.0.0.1:6379/14, flushed before each run and at the end). About
+three minutes with the defaults; writes bench/results/scale.{json,png}.
 
 One simulator process serves every store, each on its own port; a webhook receiver in this
 process records when each event arrives. The replicas use the default poll intervals (5 s while
@@ -30,18 +30,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import harness
 import redis.asyncio as aioredis
 from aiohttp import web
+from harness import ACCENT_COLOUR, BRIDGE_COLOUR
 
 from bridge import logs
 from bridge.leasestore import holder
 from bridge.simulator import Simulator, make_app
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
+REDIS_URL = harness.REDIS_URL
 HISTORY = 20  # finished jobs per store before the bridge starts
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-IDLE_WINDOW = 30.0  # an idle store polls every 30 s: once in any such window
+IDLE_WINDOW = harness.quick(30.0, 8.0)  # an idle store polls once in such a window
+# The defaults (5 s while jobs move, 30 s idle); a smoke run polls faster to see something.
+POLLING = harness.quick({}, {"poll_interval": "1s", "idle_poll_interval": "4s"})
 SAME_CYCLE = 1.0  # list requests of one store closer than this belong to one poll cycle
 TRANSITION_STAMP = {
     "pending": "created_at",
@@ -151,6 +155,7 @@ def config_text(stores: int, base_port: int, hook_url: str) -> str:
                     "api_base": f"http://127.0.0.1:{base_port + index}",
                     "client_id": "sim-client",
                     "client_secret": "sim-secret",
+                    **POLLING,
                 }
                 for index in range(stores)
             ],
@@ -229,11 +234,16 @@ async def settled(redis: aioredis.Redis, stores: int, replicas: int) -> None:
     raise RuntimeError("the replicas did not settle within 120 s")
 
 
-def percentile(values: list[float], fraction: float) -> float:
+def summary(values: list[float]) -> dict[str, float | int | None]:
+    """Count, p50, p99 and max of some seconds (None when there are none)."""
     if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+        return {"count": 0, "p50": None, "p99": None, "max": None}
+    return {
+        "count": len(values),
+        "p50": round(harness.percentile(values, 50), 3),
+        "p99": round(harness.percentile(values, 99), 3),
+        "max": round(max(values), 3),
+    }
 
 
 async def measure(
@@ -258,35 +268,44 @@ async def measure(
         after = await reply.json()
     found = await holders(redis, stores)
     by_pid = {int(h.rsplit("-", 2)[1]): found.count(h) for h in set(found) if h}
+    cpu = [cpu_seconds(p.pid) - b for p, b in zip(processes, cpu_before, strict=True)]
     return {
-        "requests_per_minute": (after["requests"] - before) * 60 / elapsed,
-        "held": [by_pid.get(p.pid, 0) for p in processes],
-        "cpu": [
-            100 * (cpu_seconds(p.pid) - b) / elapsed
-            for p, b in zip(processes, cpu_before, strict=True)
-        ],
-        "rss": [rss_mib(p.pid) for p in processes],
+        "leases_held": [by_pid.get(p.pid, 0) for p in processes],
+        "api_requests_per_minute": round((after["requests"] - before) * 60 / elapsed),
+        "cpu_percent": [round(100 * seconds / elapsed, 1) for seconds in cpu],
+        "rss_mib": [round(rss_mib(p.pid)) for p in processes],
         # Changes made in the window: not those of the warm-up, found late by idle polls.
-        "latency": [took for changed, took in receiver.latencies if changed >= started_at],
-        "gaps": after["gaps"],
+        "change_to_receipt_s": summary(
+            [took for changed, took in receiver.latencies if changed >= started_at]
+        ),
+        "poll_gap_s": summary(after["gaps"]),
     }
 
 
-def report(replicas: int, kind: str, found: dict[str, Any]) -> None:
-    latency, gaps = found["latency"], found["gaps"]
+def report(run: dict[str, Any]) -> None:
+    latency, gaps = run["change_to_receipt_s"], run["poll_gap_s"]
     print(
-        f"{replicas} replica(s), {kind:<4}: leases held {found['held']}, "
-        f"API {found['requests_per_minute']:,.0f} requests/min, "
-        f"CPU {', '.join(f'{c:.0f}%' for c in found['cpu'])}, "
-        f"RSS {', '.join(f'{r:.0f} MiB' for r in found['rss'])}"
+        f"{run['replicas']} replica(s), {run['kind']:<4}: leases held {run['leases_held']}, "
+        f"API {run['api_requests_per_minute']:,} requests/min, "
+        f"CPU {', '.join(f'{c:.0f}%' for c in run['cpu_percent'])}, "
+        f"RSS {', '.join(f'{r} MiB' for r in run['rss_mib'])}"
     )
     print(
-        f"    change -> receipt: {len(latency)} events, p50 {percentile(latency, 0.5):.2f} s, "
-        f"p99 {percentile(latency, 0.99):.2f} s; poll gaps: p50 "
-        f"{percentile(gaps, 0.5):.1f} s, p99 {percentile(gaps, 0.99):.1f} s, "
-        f"max {max(gaps, default=float('nan')):.1f} s",
+        f"    change -> receipt: {latency['count']} events, p50 {latency['p50']} s, "
+        f"p99 {latency['p99']} s; poll gaps: p50 {gaps['p50']} s, p99 {gaps['p99']} s, "
+        f"max {gaps['max']} s",
         flush=True,
     )
+
+
+def lost_leases(directory: Path, replicas: int) -> dict[str, int]:
+    """The lease_lost lines of the replicas' logs, by reason."""
+    lost: Counter[str] = Counter()
+    for index in range(replicas):
+        for line in (directory / f"r{index}.log").read_text().splitlines():
+            if '"lease_lost"' in line:
+                lost[json.loads(line).get("reason", "?")] += 1
+    return dict(lost)
 
 
 async def run_replicas(
@@ -308,25 +327,21 @@ async def run_replicas(
     ]
     try:
         await settled(redis, args.stores, replicas)
-        results = []
+        runs = []
         for kind, rate, window in (("idle", 0.0, IDLE_WINDOW), ("busy", args.rate, args.window)):
             async with http.post(f"{control}/traffic", json={"rate": rate}):
                 pass
             if rate:
                 await asyncio.sleep(args.warmup)
             found = await measure(http, control, redis, receiver, processes, args.stores, window)
-            results.append(found)
-            report(replicas, kind, found)
+            runs.append({"replicas": replicas, "kind": kind, **found})
+            report(runs[-1])
         async with http.post(f"{control}/traffic", json={"rate": 0}):
             pass
-        lost = Counter()
-        for index in range(replicas):
-            for line in (directory / f"r{index}.log").read_text().splitlines():
-                if '"lease_lost"' in line:
-                    lost[json.loads(line).get("reason", "?")] += 1
+        runs[-1]["leases_lost"] = lost = lost_leases(directory, replicas)
         if lost:
-            print(f"    leases lost: {dict(lost)}")
-        return results
+            print(f"    leases lost: {lost}")
+        return runs
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -343,6 +358,8 @@ async def bench(args: argparse.Namespace) -> None:
         f"{IDLE_WINDOW:g} s idle, then {args.window:g} s busy after {args.warmup:g} s of traffic"
     )
     redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    machine = await harness.describe_machine(redis)
+    runs: list[dict[str, Any]] = []
     receiver = Receiver()
     await receiver.start(base_port - 2)
     with tempfile.TemporaryDirectory(prefix="jb-scale-") as name:
@@ -363,11 +380,15 @@ async def bench(args: argparse.Namespace) -> None:
                     )
                 sim_cpu, started = cpu_seconds(sims.pid), time.monotonic()
                 for replicas in args.replicas:
-                    await run_replicas(
+                    runs += await run_replicas(
                         replicas, config, directory, http, control, redis, receiver, args
                     )
             load = 100 * (cpu_seconds(sims.pid) - sim_cpu) / (time.monotonic() - started)
             print(f"(the simulator process used {load:.0f}% of one core meanwhile)")
+            settings = {k: v for k, v in vars(args).items() if k != "logs"}
+            data = {"settings": {**settings, "idle_window": IDLE_WINDOW}, "runs": runs}
+            harness.write_results("scale", machine, {**data, "simulator_cpu_percent": load})
+            harness.plot("scale", machine, title(args), lambda axes: draw(axes, runs), panels=2)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 sims.kill()
@@ -377,21 +398,56 @@ async def bench(args: argparse.Namespace) -> None:
             await redis.aclose()
 
 
+def title(args: argparse.Namespace) -> str:
+    return (
+        f"{args.stores} stores on 1 and 3 replicas (idle; busy: {args.rate * args.stores:g} "
+        "new jobs/s in all): the API sees the requests of one"
+    )
+
+
+def draw(axes: Any, runs: list[dict[str, Any]]) -> None:
+    """Left: API requests per minute and total CPU per run; right: change -> receipt."""
+    names = [f"{run['replicas']} replica(s)\n{run['kind']}" for run in runs]
+    at = range(len(runs))
+    left, right = axes
+    left.bar([x - 0.2 for x in at], [run["api_requests_per_minute"] for run in runs], 0.4,
+             color=BRIDGE_COLOUR, label="API requests / min")  # fmt: skip
+    left.set_xticks(list(at), names)
+    left.set_ylabel("API requests per minute, all replicas")
+    cpu = left.twinx()
+    cpu.bar([x + 0.2 for x in at], [sum(run["cpu_percent"]) for run in runs], 0.4,
+            color=ACCENT_COLOUR, label="CPU, all replicas (% of a core)")  # fmt: skip
+    cpu.set_ylabel("CPU of all replicas (% of one core)")
+    left.legend(loc="upper left", fontsize=8)
+    cpu.legend(loc="upper right", fontsize=8)
+    busy = [run for run in runs if run["change_to_receipt_s"]["count"]]
+    for offset, (key, colour) in enumerate((("p50", BRIDGE_COLOUR), ("p99", ACCENT_COLOUR))):
+        right.bar([x + 0.4 * offset for x in range(len(busy))],
+                  [run["change_to_receipt_s"][key] for run in busy], 0.4, color=colour,
+                  label=f"change -> receipt {key}")  # fmt: skip
+    right.set_xticks([x + 0.2 for x in range(len(busy))],
+                     [f"{run['replicas']} replica(s), busy" for run in busy])  # fmt: skip
+    right.set_ylabel("seconds from the change in the API to the webhook")
+    right.legend(fontsize=8)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "serve-sims":
         stores, base_port, control_port = map(int, sys.argv[2:5])
         asyncio.run(serve_sims(stores, base_port, control_port))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stores", type=int, default=200)
+    parser.add_argument("--stores", type=int, default=harness.quick(200, 20))
     parser.add_argument("--logs", default=None, help="keep the processes' logs in this folder")
     parser.add_argument("--rate", type=float, default=0.05, help="new jobs/s per store, busy")
-    parser.add_argument("--window", type=float, default=20.0, help="seconds measured when busy")
+    parser.add_argument(
+        "--window", type=float, default=harness.quick(20.0, 8.0), help="seconds measured, busy"
+    )
     parser.add_argument(
         "--warmup",
         type=float,
-        default=30.0,
-        help="seconds of traffic first (an idle store polls every 30 s)",
+        default=harness.quick(25.0, 5.0),
+        help="seconds of traffic before the busy window (an idle store polls every 30 s)",
     )
     parser.add_argument("--replicas", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 3], help="e.g. 1,3")  # fmt: skip

@@ -44,12 +44,16 @@ local fence = ARGV[2]                -- the lease value the writer holds, "" for
 local observed_at = ARGV[3]
 local store = ARGV[4]
 local source = ARGV[5]
--- ARGV[6]: the jobs, each "\\30" + nine fields each after "\\31": id, status, version
--- (updated_at in microseconds, "0" when unset), silent ("1": record a job never seen before,
--- no event), open score (stall reference in ms of an open job, "" once finished), event id,
--- job json, extra json, finished minute (a finished job's last activity, "" while open).
--- One argument rather than nine per job: a client packs each argument at a cost. No field
--- holds either control character (JSON escapes them; job ids with them are refused).
+local jobs = ARGV[6]
+-- The jobs: each "\\30" and nine fields separated by "\\31": id, status, version (updated_at
+-- in microseconds, "0" when unset), silent ("1": record a job never seen before, no event),
+-- open score (stall reference in ms of an open job, "" once finished), finished minute (a
+-- finished job's last activity, "" while open), then what only an event needs: event id,
+-- extra json, job json. One argument rather than nine per job (a client packs each argument
+-- at a cost), read with string.match only as far as needed. No field holds either control
+-- character (JSON escapes them; job ids with them are refused).
+local HEAD = '^\\30' .. string.rep('([^\\31]*)\\31', 6) .. '()'  -- 6 fields, where the rest is
+local TAIL = '^([^\\31]*)\\31([^\\31]*)\\31([^\\30]*)'
 
 -- A writer whose lease has passed to another process (or expired) writes nothing.
 if fence ~= '' and redis.call('GET', lease_key) ~= fence then
@@ -76,12 +80,8 @@ local function state(status, version_text, seq, stalled, finished_minute)
   return status .. '|' .. version_text .. '|' .. seq .. '|' .. stalled
 end
 
-local function observe(job)
-  local member = prefix .. job[1]
-  local status = job[2]
-  local version_text = job[3]
-  local open_score = job[5]
-  local finished_minute = job[9]
+local function observe(id, status, version_text, silent, open_score, finished_minute, tail)
+  local member = prefix .. id
   local stored = redis.call('HGET', jobs_key, member)
   local prev_status = ''
   local seq = 0
@@ -112,7 +112,7 @@ local function observe(job)
     prev_status = s
   else
     new_jobs = new_jobs + 1
-    if job[4] == '1' then
+    if silent == '1' then
       redis.call('HSET', jobs_key, member, state(status, version_text, 0, '0', finished_minute))
       if open_score ~= '' then
         redis.call('ZADD', open_key, open_score, member)
@@ -127,20 +127,19 @@ local function observe(job)
   else
     redis.call('ZREM', open_key, member)
   end
+  local event_id, extra_json, job_json = string.match(jobs, TAIL, tail)
   redis.call('XADD', events_key, '*',
-    'id', job[6], 'store', store, 'source', source, 'status', status,
-    'prev', prev_status, 'seq', seq, 'time', observed_at, 'job', job[7], 'extra', job[8])
+    'id', event_id, 'store', store, 'source', source, 'status', status,
+    'prev', prev_status, 'seq', seq, 'time', observed_at, 'job', job_json, 'extra', extra_json)
   emitted = emitted + 1
   return 'emitted', seq, prev_status
 end
 
-local jobs = ARGV[6]
-for record in string.gmatch(jobs, '\\30([^\\30]*)') do
-  local job = {}
-  for field in string.gmatch(record, '\\31([^\\31]*)') do
-    job[#job + 1] = field
-  end
-  local result, seq, prev = observe(job)
+local at = 1
+while at <= #jobs do
+  local id, status, version, silent, score, minute, tail = string.match(jobs, HEAD, at)
+  local result, seq, prev = observe(id, status, version, silent, score, minute, tail)
+  at = string.find(jobs, '\\30', tail, true) or #jobs + 1
   out[#out + 1] = result
   out[#out + 1] = seq
   out[#out + 1] = prev
@@ -378,18 +377,18 @@ class Store:
         if obs.file_locations:
             extra["file_locations"] = list(obs.file_locations)
         terminal = job.terminal
-        fields = (
+        fields = (  # in the order the observe script reads them
             job.id,
             job.status,
             str(job.version),
             "1" if obs.silent else "0",
             "" if terminal else str(obs.stall_reference_ms or 0),
-            event_id(self.name, job.source, job.id, job.status),
-            job_json(job),
-            _encode(extra) if extra else "{}",
             str(_minute(last_activity(job) or time.time())) if terminal else "",
+            event_id(self.name, job.source, job.id, job.status),
+            _encode(extra) if extra else "{}",
+            job_json(job),
         )
-        return "\x1e\x1f" + "\x1f".join(fields)
+        return "\x1e" + "\x1f".join(fields)
 
     async def mark_stalled(self, job: Job, *, fence: str = "") -> bool:
         """Emit one `stalled` event for a job still pending/started; False if already done.
