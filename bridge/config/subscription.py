@@ -5,6 +5,8 @@ Each sink module defines its own subscription model on this base (bridge.sinks.r
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from bridge.config.types import (
@@ -57,6 +59,8 @@ class SubscriptionBase(Model):
     timeout: PositiveDuration = DEFAULT_TIMEOUT
     disable_after: PositiveDuration = 5 * DAY
     concurrency: int = Field(10, ge=1, le=100)
+    # job: the events of one job arrive in `sequence` order (bridge.ordering); none: as they come
+    ordering: Literal["none", "job"] = "none"
     enabled: bool = True
 
     @field_validator("retry_schedule")
