@@ -1,9 +1,9 @@
 """The attempt log and health of one subscription, written in batches (group commit).
 
 Every attempt is recorded before its delivery counts as done (before its outbox entry is
-acknowledged): `add` returns once the attempt is in Redis. Attempts that end while a batch
-is being written go in the next one, so under load one script call carries many attempts,
-and alone an attempt waits one round trip, as it did with a call of its own.
+acknowledged): `add` gives a future that is done once the attempt is in Redis. Attempts that
+end while a batch is being written, or within LINGER of its first, go in one script call, so
+under load one call carries many attempts.
 """
 
 from __future__ import annotations
@@ -14,51 +14,56 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
 
 from bridge.deliveries import ATTEMPTS_PER_EVENT, Bounds
 from bridge.jobs import now_iso
 from bridge.keys import attempts_key, health_key
 from bridge.sinks import DeliveryResult
+from bridge.tasks import describe
+
+log = structlog.get_logger(__name__)
 
 BATCH_MAX = 500  # attempts per script call
+LINGER = 0.02  # seconds the first attempt of a batch waits for others to share its write
 
-# Attempts in the order they ended: the subscription's log, each event's log, and the health
-# hash as the attempts one by one would leave it.
+# Attempts in the order they ended, each '1' or '0' (it succeeded or not) and its record: the
+# subscription's log, each event's log, and the health hash as the attempts one by one would
+# leave it (at the time of the batch).
 RECORD_ATTEMPTS = """
 local subscription_log = KEYS[1]
 local health = KEYS[2]
 local subscription_cap = ARGV[1]
 local event_cap = tonumber(ARGV[2])
 local retention = ARGV[3]
-local succeeded, failed, failing_since, last_error = nil, nil, nil, nil
+local now = ARGV[4]
+local succeeded, failing, last_failure = false, false, nil
 for i = 3, #KEYS do
-  local at = 4 + (i - 3) * 4
-  local record, ok, now = ARGV[at], ARGV[at + 1] == '1', ARGV[at + 2]
+  local attempt = ARGV[i + 2]
+  local record = string.sub(attempt, 2)
   redis.call('XADD', subscription_log, 'MAXLEN', '~', subscription_cap, '*', 'record', record)
   redis.call('LPUSH', KEYS[i], record)
   redis.call('LTRIM', KEYS[i], 0, event_cap - 1)
   redis.call('EXPIRE', KEYS[i], retention)
-  if ok then
-    succeeded = now
-    failing_since = nil
+  if string.sub(attempt, 1, 1) == '1' then
+    succeeded, failing = true, false
   else
-    failed = now
-    last_error = ARGV[at + 3]
-    failing_since = failing_since or now
+    failing, last_failure = true, record
   end
 end
 if succeeded then
-  redis.call('HSET', health, 'last_success_at', succeeded)
-  if failing_since then
-    redis.call('HSET', health, 'failing_since', failing_since)
+  redis.call('HSET', health, 'last_success_at', now)
+  if failing then
+    redis.call('HSET', health, 'failing_since', now)
   else
     redis.call('HDEL', health, 'failing_since')
   end
-elseif failing_since then
-  redis.call('HSETNX', health, 'failing_since', failing_since)
+elseif failing then
+  redis.call('HSETNX', health, 'failing_since', now)
 end
-if failed then
-  redis.call('HSET', health, 'last_failure_at', failed, 'last_error', last_error)
+if last_failure then
+  local reason = cjson.decode(last_failure)['reason']
+  redis.call('HSET', health, 'last_failure_at', now, 'last_error', reason)
 end
 return 1
 """
@@ -88,25 +93,26 @@ class AttemptLog:
         self.bounds = bounds
         self._script = redis.register_script(RECORD_ATTEMPTS)
         self._keys: list[str] = []  # the next batch: each attempt's event log ...
-        self._args: list[Any] = []  # ... and its record, outcome, time and reason
+        self._args: list[str] = []  # ... and its outcome ('1' ok) and record
         self._written: asyncio.Future[None] | None = None  # resolved once the next batch is
         self._writer: asyncio.Task[None] | None = None
 
-    async def add(self, event_id: str, attempt: int, result: DeliveryResult) -> None:
-        """Record one attempt; returns once it is written (raises if writing failed)."""
+    def add(self, event_id: str, attempt: int, result: DeliveryResult) -> asyncio.Future[None]:
+        """Record one attempt: the future is done once it is written (or failed to be).
+        Await it shielded: the batch is shared, a cancelled waiter must not cancel it."""
         record = json.dumps(_record(self.subscription, event_id, attempt, result))
         self._keys.append(attempts_key(self.subscription, event_id))
-        self._args += [record, int(result.ok), time.time(), result.reason]
+        self._args.append(("1" if result.ok else "0") + record)
         if self._written is None:
             self._written = asyncio.get_running_loop().create_future()
             self._written.add_done_callback(_retrieve)
         written = self._written
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write_all())
-        # Shielded: a delivery cancelled while it waits must not cancel the batch it is in.
-        await asyncio.shield(written)
+        return written
 
     async def _write_all(self) -> None:
+        await asyncio.sleep(LINGER)
         while self._keys:
             keys, self._keys = self._keys, []
             args, self._args = self._args, []
@@ -114,10 +120,13 @@ class AttemptLog:
             assert written is not None
             try:
                 for start in range(0, len(keys), BATCH_MAX):
-                    await self._write(
-                        keys[start : start + BATCH_MAX], args[start * 4 : (start + BATCH_MAX) * 4]
-                    )
+                    end = start + BATCH_MAX
+                    await self._write(keys[start:end], args[start:end])
             except Exception as exc:
+                log.warning(
+                    "attempts_not_recorded",
+                    subscription=self.subscription, attempts=len(keys), error=describe(exc),
+                )  # fmt: skip
                 written.set_exception(exc)
             except BaseException:
                 written.cancel()
@@ -125,12 +134,15 @@ class AttemptLog:
             else:
                 written.set_result(None)
 
-    async def _write(self, event_logs: list[str], attempts: list[Any]) -> None:
+    async def _write(self, event_logs: list[str], attempts: list[str]) -> None:
         bounds = self.bounds
         await self._script(
             keys=[attempts_key(self.subscription), health_key(self.subscription), *event_logs],
-            args=[bounds.attempt_log, ATTEMPTS_PER_EVENT, int(bounds.attempts), *attempts],
-        )
+            args=[
+                bounds.attempt_log, ATTEMPTS_PER_EVENT, int(bounds.attempts), time.time(),
+                *attempts,
+            ],
+        )  # fmt: skip
 
     async def close(self) -> None:
         """Wait for the batch being written (a stopping lane's last attempts)."""

@@ -109,6 +109,9 @@ class Lane:
         self.slots = asyncio.Semaphore(concurrency)
         # Entries read ahead of a free slot: enough to keep the slots busy, bounded.
         self.window = concurrency + batch
+        # Read again once this few are left: every read takes at least half a batch, and the
+        # slots still have work meanwhile (a read per finished delivery costs more than it).
+        self.refill = concurrency + batch // 2
         self.held: defaultdict[str, set[str]] = defaultdict(set)  # read, not acknowledged
         self._acks: defaultdict[str, list[str]] = defaultdict(list)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -116,6 +119,7 @@ class Lane:
         self._due = asyncio.Event()  # a retry became due now (a release): look at once
         self._wake: asyncio.Event | None = None
         self._health: tuple[float, Health] | None = None
+        self._health_read: asyncio.Future[Health] | None = None  # the one read in flight
         self.stop = asyncio.Event()  # this lane's own: set by a global stop or by its removal
         self.supervisor = Supervisor()
 
@@ -215,8 +219,8 @@ class Lane:
         return taken
 
     async def _has_room(self) -> bool:
-        """True when another delivery may start; else wait until one ends (False)."""
-        if len(self._tasks) < self.window:
+        """True when more deliveries may start; else wait until one ends (False)."""
+        if len(self._tasks) < self.refill:
             return True
         self._room.clear()
         await self._room.wait()
@@ -295,9 +299,18 @@ class Lane:
         health = await self._cached_health()
         if not health.enabled:
             await self._dead_letter(event, 0, f"subscription disabled: {health.disabled_reason}")
+            self._acks[key].append(entry_id)
+            return
+        recorded = await self.attempt(event, body, attempt=1)
+        recorded.add_done_callback(functools.partial(self._acknowledge, key, entry_id))
+
+    def _acknowledge(self, key: str, entry_id: str, recorded: asyncio.Future[None]) -> None:
+        """The entry's attempt is in the attempt log: the entry may go. Not written: the
+        entry is no longer kept fresh, so it is claimed and delivered again later."""
+        if recorded.cancelled() or recorded.exception() is not None:
+            self.held[key].discard(entry_id)
         else:
-            await self.attempt(event, body, attempt=1)
-        self._acks[key].append(entry_id)
+            self._acks[key].append(entry_id)
 
     async def _flush_acks(self) -> None:
         for key in list(self._acks):
@@ -380,8 +393,11 @@ class Lane:
 
     async def attempt(
         self, event: dict[str, Any], body: bytes, attempt: int, *, scheduled: bool = False
-    ) -> DeliveryResult:
-        """Deliver once; then record it and decide: done, retry later, or dead-letter.
+    ) -> asyncio.Future[None]:
+        """Deliver once; then decide: done, retry later, or dead-letter. The future returned
+        is done once the attempt is in the attempt log: a first attempt that succeeded does
+        not wait for that (its outbox entry is acknowledged only then); every other outcome
+        is acted on only once it is recorded.
 
         `scheduled`: the delivery came off the retry schedule (a retry or a replay), whose
         entry must be cleared once it is done.
@@ -397,18 +413,20 @@ class Lane:
                     duration_ms=(time.perf_counter() - started) * 1000,
                 )
                 log.exception("sink_failed", subscription=self.name, event_id=event["id"])
-        await self.attempts.add(event["id"], attempt, result)
+        recorded = self.attempts.add(event["id"], attempt, result)
         if self.on_attempt is not None:
             self.on_attempt(self.name, result)
         if result.ok:
             self.counts["delivered"] += 1
             if scheduled:
+                await asyncio.shield(recorded)
                 released = await self.deliveries.settle(self.name, event["id"], event)
             else:
                 released = self.order is not None and await self.order.release(event)
             if released:
                 self._due.set()
-            return result
+            return recorded
+        await asyncio.shield(recorded)
         self.counts["failed_attempts"] += 1
         reason = await self._after_failure(event, attempt, result)
         if reason is not None:
@@ -417,7 +435,7 @@ class Lane:
                 "delivery_dead_lettered",
                 subscription=self.name, event_id=event["id"], attempt=attempt, reason=reason,
             )  # fmt: skip
-        return result
+        return recorded
 
     async def _dead_letter(self, event: dict[str, Any], attempts: int, reason: str) -> None:
         if await self.deliveries.dead_letter(self.name, event, attempts, reason):
@@ -454,11 +472,18 @@ class Lane:
 
     async def _disable(self, reason: str) -> None:
         await self.deliveries.disable(self.name, reason)
-        self._health = None
+        self._health = self._health_read = None
         log.error("subscription_disabled", subscription=self.name, reason=reason)
 
     async def _cached_health(self) -> Health:
-        now = time.monotonic()
-        if self._health is None or now - self._health[0] > HEALTH_CACHE_SECONDS:
-            self._health = (now, await self.deliveries.health(self.name))
-        return self._health[1]
+        """The subscription's health, read at most once per HEALTH_CACHE_SECONDS: the
+        deliveries that start meanwhile share one read."""
+        if self._health is not None and time.monotonic() - self._health[0] <= HEALTH_CACHE_SECONDS:
+            return self._health[1]
+        if self._health_read is None or self._health_read.done():
+            self._health_read = asyncio.ensure_future(self.deliveries.health(self.name))
+        read = self._health_read
+        health = await asyncio.shield(read)
+        if read is self._health_read:  # (not one from before a change of health)
+            self._health = (time.monotonic(), health)
+        return health
