@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed
 # Every dependency, extras and dev tools included, pinned for Python 3.11-3.13 (`make lock`).
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: demo test bench lint lock clean
+BENCH_STAMP := $(VENV)/.installed-bench
+# Every script in bench/ but the module they share.
+BENCHES := $(filter-out bench/harness.py,$(wildcard bench/*.py))
+
+.PHONY: demo test bench bench-quick lint lock clean
 
 $(BIN)/pip:
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required" >&2; exit 1; }
@@ -24,8 +28,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q $(ARGS)
 
-bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[dev,rabbitmq,nats,bench]'
+	@touch $(BENCH_STAMP)
+
+# Numbers on stdout, numbers and plots in bench/results/ (about 5 minutes on 2 cores).
+bench: $(BENCH_STAMP)
+	@for b in $(BENCHES); do echo "== $$b"; s=$$(date +%s); $(BIN)/python $$b || exit 1; \
+		echo "($$b: $$(($$(date +%s) - s)) s)"; done
+
+# A smaller run of each, written under bench/results/quick/ (a smoke test, not results).
+bench-quick: $(BENCH_STAMP)
+	@for b in $(BENCHES); do echo "== $$b"; BENCH_QUICK=1 $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check bridge tests bench

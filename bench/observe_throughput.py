@@ -2,25 +2,29 @@
 
 Run: `python bench/observe_throughput.py` (Redis at REDIS_URL, default redis://127.0.0.1:6379/14,
 is flushed at start and end). `Store.observe` is called with batches of 500 (one pipeline each).
+Writes bench/results/observe_throughput.{json,png}.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import harness
 import redis.asyncio as aioredis
+from harness import ACCENT_COLOUR, BRIDGE_COLOUR
 
 from bridge.jobs import Job
 from bridge.store import Observation, Store
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
-JOBS = 100_000
+REDIS_URL = harness.REDIS_URL
+JOBS = harness.quick(50_000, 10_000)
 BATCH = 500
+TARGET = 50_000  # observations per second
 CREATED = datetime(2024, 1, 5, 13, 46, 41, 695_000, tzinfo=UTC)
 
 
@@ -55,7 +59,8 @@ def observations(jobs: list[Job], silent: bool = False) -> list[Observation]:
     ]
 
 
-async def run(store: Store, label: str, batch: list[Observation]) -> None:
+async def run(store: Store, label: str, batch: list[Observation]) -> float:
+    """Observations per second of `batch` through `store`, printed with their outcomes."""
     results: Counter[str] = Counter()
     started = time.perf_counter()
     for at in range(0, len(batch), BATCH):
@@ -67,13 +72,15 @@ async def run(store: Store, label: str, batch: list[Observation]) -> None:
         f"  {label:<38} {len(batch) / seconds:>9,.0f} obs/s  ({len(batch):,} in {seconds:.2f} s;"
         f" {outcome_text})"
     )
+    return len(batch) / seconds
 
 
 async def used_memory(redis: aioredis.Redis) -> int:
     return int((await redis.info("memory"))["used_memory"])
 
 
-async def throughput(redis: aioredis.Redis, ids: list[str]) -> None:
+async def throughput(redis: aioredis.Redis, ids: list[str]) -> dict[str, float]:
+    """Observations per second of each step."""
     live = Store(redis, "bench-live")
     steps = [
         ("new jobs (pending, event emitted)", "pending", False),
@@ -81,38 +88,72 @@ async def throughput(redis: aioredis.Redis, ids: list[str]) -> None:
         ("status change started -> success", "success", True),
         ("same status again (unchanged)", "success", True),
     ]
+    rates = {}
     for label, status, started in steps:
-        await run(live, label, observations(make_jobs(status, ids, started)))
+        rates[label] = await run(live, label, observations(make_jobs(status, ids, started)))
     events = await redis.xlen(live.events_key)
     events_bytes = await redis.memory_usage(live.events_key, samples=0) or 0
     print(f"  outbox: {events:,} events, {events_bytes / max(events, 1):,.0f} bytes per event")
+    return rates
 
 
-async def memory(redis: aioredis.Redis, ids: list[str]) -> None:
+async def memory(redis: aioredis.Redis, ids: list[str]) -> dict[str, float]:
+    """Observations per second of a silent baseline, and Redis bytes per recorded job."""
     history = Store(redis, "bench-history")
     before = await used_memory(redis)
     batch = observations(make_jobs("success", ids, True), silent=True)
-    await run(history, "baseline, finished jobs (silent)", batch)
+    rate = await run(history, "baseline, finished jobs (silent)", batch)
     delta = await used_memory(redis) - before
     hash_bytes = await redis.memory_usage(history.jobs_key, samples=0) or 0
     print(f"memory per tracked job ({len(ids):,} finished jobs in the jobs hash):")
     print(f"  MEMORY USAGE jobs hash: {hash_bytes:,} bytes = {hash_bytes / len(ids):.1f} bytes/job")
     print(f"  INFO used_memory delta: {delta:,} bytes = {delta / len(ids):.1f} bytes/job")
     print("  (used_memory is server-wide: other clients of this Redis can move it)")
+    return {"baseline_obs_per_s": rate, "jobs_hash_bytes_per_job": hash_bytes / len(ids)}
+
+
+def draw(rates: dict[str, float], bytes_per_job: float) -> Any:
+    def panel(axis: Any) -> None:
+        labels = list(rates)
+        axis.barh(labels, [rates[label] for label in labels], color=BRIDGE_COLOUR)
+        for y, label in enumerate(labels):
+            axis.annotate(f" {rates[label]:,.0f}/s", (rates[label], y), va="center", fontsize=8)
+        axis.axvline(TARGET, color=ACCENT_COLOUR, linestyle="--", label="target (issue 13)")
+        axis.invert_yaxis()
+        axis.set_xlabel("observations per second (Store.observe, batches of 500)")
+        axis.set_xlim(0, max(*rates.values(), TARGET) * 1.2)
+        axis.legend(fontsize=8, loc="lower right")
+        axis.set_title(f"Redis memory per finished job: {bytes_per_job:.0f} bytes", fontsize=9)
+
+    return panel
 
 
 async def main() -> None:
     redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    machine = await harness.describe_machine(redis)
     await redis.flushdb()
     ids = [str(uuid.uuid4()) for _ in range(JOBS)]
     try:
         print(f"observe throughput: {JOBS:,} jobs, batches of {BATCH} (one pipeline each)")
-        await throughput(redis, ids)
+        rates = await throughput(redis, ids)
         await redis.flushdb()
-        await memory(redis, ids)
+        stored = await memory(redis, ids)
     finally:
         await redis.flushdb()
         await redis.aclose()
+    rates["baseline, finished jobs (silent)"] = stored["baseline_obs_per_s"]
+    bytes_per_job = stored["jobs_hash_bytes_per_job"]
+    harness.write_results(
+        "observe_throughput",
+        machine,
+        {"settings": {"jobs": JOBS, "batch": BATCH}, "obs_per_s": rates, "memory": stored},
+    )
+    harness.plot(
+        "observe_throughput",
+        machine,
+        f"Observations per second through the observe script ({JOBS:,} jobs per step)",
+        draw(rates, bytes_per_job),
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Benchmark: API requests and time per steady-state poll cycle, the bridge beside a naive poller.
 
 Run: `python bench/poll_cost.py [--slow]` (Redis at REDIS_URL, default redis://127.0.0.1:6379/14,
-is flushed at start and end). The simulator serves in-process on 127.0.0.1; the client is limited
-to 100 requests/s, so the time of a cycle is mostly its request count / 100.
+is flushed at start and end); writes bench/results/poll_cost.{json,png}. The simulator serves
+in-process on 127.0.0.1; the client is limited to 100 requests/s, so the time of a cycle is
+mostly its request count / 100.
 
 In `shuffled` order the simulator re-shuffles every PCM job on every list request (~45 ms of CPU
 at 100,000 jobs), and a cycle hunting a new job may read every page: that row at 100,000 jobs
@@ -13,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import math
-import os
 import statistics
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
+import harness
 import redis.asyncio as aioredis
-import structlog
 from aiohttp import web
+from harness import BRIDGE_COLOUR, PEER_COLOUR
 
 from bridge.elasticpath import ElasticPathClient
 from bridge.jobs import parse_pcm_job
@@ -31,8 +31,8 @@ from bridge.poller import Poller, PollSettings
 from bridge.simulator import TOKEN_ROUTE, Simulator, make_app
 from bridge.store import Store
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
-HISTORY_SIZES = (10_000, 100_000)
+REDIS_URL = harness.REDIS_URL
+HISTORY_SIZES = harness.quick((1_000, 10_000, 100_000), (1_000, 10_000))
 OPEN_JOBS = 20  # half pending, half started
 CHANGE_CYCLES = 5  # each after three status changes: pending->started, ->success, ->failed
 NEW_JOB_CYCLES = 2  # each after one new job and one completion
@@ -211,15 +211,45 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
+LINES = (  # (poller, order, cycle), style
+    (("naive", "any", "any"), {"color": PEER_COLOUR, "marker": "s", "linewidth": 2}),
+    (("bridge", "newest", "baseline (once)"), {"color": BRIDGE_COLOUR, "linestyle": ":"}),
+    (("bridge", "newest", "3 status changes"), {"color": BRIDGE_COLOUR, "marker": "o"}),
+    (("bridge", "newest", "1 new job + 1 done"), {"color": BRIDGE_COLOUR, "marker": "^"}),
+    (("bridge", "shuffled", "3 status changes"), {"color": "#2ca02c", "marker": "o"}),
+    (("bridge", "shuffled", "1 new job + 1 done"), {"color": "#2ca02c", "marker": "^"}),
+)
+
+
+def draw(rows: list[Row]) -> Any:
+    def panel(axis: Any) -> None:
+        for (poller, order, cycle), style in LINES:
+            points = [
+                (row.history, statistics.mean(row.sim_requests))
+                for row in rows
+                if (row.poller, row.order, row.cycle) == (poller, order, cycle)
+            ]
+            if not points:
+                continue
+            label = "naive poller (every page)" if poller == "naive" else f"{order}: {cycle}"
+            axis.plot(*zip(*points, strict=True), label=label, **style)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("jobs in the store's history")
+        axis.set_ylabel("API requests per cycle (mean)")
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=8, title="bridge, list order: cycle", title_fontsize=8)
+
+    return panel
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slow", action="store_true", help="also the ~1 minute shuffled row")
     slow = parser.parse_args().slow
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    harness.quiet_logs()
     redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    machine = await harness.describe_machine(redis)
     await redis.flushdb()
     rows: list[Row] = []
     started = time.perf_counter()
@@ -238,6 +268,21 @@ async def main() -> None:
     print("req/cyc report = CycleReport.requests (the naive row: pages read); missed = changes")
     print("not yet recorded after the row's cycles. The naive row only reads and parses pages.")
     print(f"total run time {time.perf_counter() - started:.1f} s")
+    harness.write_results(
+        "poll_cost",
+        machine,
+        {
+            "settings": {"open_jobs": OPEN_JOBS, "rate": RATE, "page_limit": PAGE_LIMIT},
+            "rows": [asdict(row) for row in rows],
+        },
+    )
+    harness.plot(
+        "poll_cost",
+        machine,
+        f"API requests per poll cycle vs history size ({OPEN_JOBS} open jobs, pages of "
+        f"{PAGE_LIMIT})",
+        draw(rows),
+    )
 
 
 if __name__ == "__main__":

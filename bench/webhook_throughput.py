@@ -1,163 +1,54 @@
-"""Benchmark: signed webhook deliveries per second and outbox-to-receipt latency, beside bare POSTs.
+"""Benchmark: signed webhook deliveries per second beside a bare aiohttp loop, by subscriptions.
 
-Run: `python bench/webhook_throughput.py` (Redis at REDIS_URL, default redis://127.0.0.1:6379/13,
-is flushed at start and end). Prints numbers, asserts nothing.
+Run: `python bench/webhook_throughput.py` (Redis at REDIS_URL is flushed at start and end).
+Prints numbers, asserts nothing; writes bench/results/webhook_throughput.{json,png}.
 
 The receiver runs in a process of its own (so it does not share the event loop it is measuring)
-and answers 204 at once; it checks the signature of every 50th signed request. Throughput: EVENTS
-events are appended to the outbox with `Store.observe` first, then a Dispatcher with one
-WebhookSink per subscription drains it; the clock runs from the dispatcher's start until the
-receiver has every delivery. The bare loop POSTs the same bodies with plain aiohttp sessions, one
-per destination and `concurrency` (the subscription default, 10) requests in flight per
-destination, which is what the dispatcher allows. Latency: events appended one by one at a steady
-rate while the dispatcher runs; append time (before `observe`) to arrival at the receiver.
+and answers 204 at once; it checks the signature of every 50th signed request. For each
+subscription count, in the same run and on the same bodies:
+- bare: plain aiohttp POSTs, one session per destination, CONCURRENCY requests in flight per
+  destination (the subscription default, which is what the dispatcher allows);
+- sink alone: the bridge's WebhookSink (signing, guarded session, answer handling) driven the
+  same way, without Redis or the dispatcher;
+- bridge: EVENTS events are appended to the outbox first, then the dispatcher drains it to one
+  WebhookSink per subscription; the clock runs from its start until the receiver has every
+  delivery.
+CPU is this process's (the bridge run's includes polling the receiver's count; Redis's own CPU
+is not counted). Then latency: events appended one by one at a steady rate while the dispatcher
+runs; append time (before `observe`) to arrival at the receiver.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import logging
-import multiprocessing
-import os
-import platform
-import socket
 import statistics
-import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import harness
 import redis.asyncio as aioredis
-import structlog
-from aiohttp import web
+from harness import ACCENT_COLOUR, BRIDGE_COLOUR, PEER_COLOUR
 
-from bridge.app import open_redis
-from bridge.config import BridgeConfig, parse_config
-from bridge.dispatcher import Dispatcher
-from bridge.events import encode
+from bridge.app import Bridge, open_redis
+from bridge.events import encode, event_id
 from bridge.jobs import Job
 from bridge.sinks.base import SinkContext
 from bridge.sinks.registry import build_sink
 from bridge.store import Observation, Store, event_from_outbox
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
 STORE = "bench"
-EVENTS = 2_000
-SUBSCRIPTION_COUNTS = (1, 10)
+EVENTS = harness.quick(2_000, 500)
+SUBSCRIPTION_COUNTS = (1, 2, 5, 10)
+REPEATS = harness.quick(2, 1)
+CONCURRENCY = 10
 LATENCY_RATE = 200  # events per second
-LATENCY_SECONDS = 5.0
-VERIFY_EVERY = 50
-SECRET = "whsec_" + base64.b64encode(b"jobs-bridge benchmark secret!!").decode()
-
-
-# -- the receiver, in its own process ------------------------------------------------------
-
-
-def serve_receiver(port: int, secret: str) -> None:
-    """A webhook endpoint that counts, timestamps first arrivals, and spot-checks signatures."""
-    from standardwebhooks import Webhook
-    from standardwebhooks.webhooks import WebhookVerificationError
-
-    webhook = Webhook(secret)
-    state: dict[str, Any] = {"count": 0, "verified": 0, "bad": 0, "first": {}}
-
-    async def hook(request: web.Request) -> web.Response:
-        body = await request.read()
-        arrived = time.time()
-        state["count"] += 1
-        event_id = request.headers.get("webhook-id")
-        if event_id is not None:
-            state["first"].setdefault(event_id, arrived)
-            if state["count"] % VERIFY_EVERY == 0:
-                try:
-                    webhook.verify(body, dict(request.headers))
-                    state["verified"] += 1
-                except WebhookVerificationError:
-                    state["bad"] += 1
-        return web.Response(status=204)
-
-    async def stats(_request: web.Request) -> web.Response:
-        return web.json_response({k: state[k] for k in ("count", "verified", "bad")})
-
-    async def arrivals(_request: web.Request) -> web.Response:
-        return web.json_response(state["first"])
-
-    async def reset(_request: web.Request) -> web.Response:
-        state.update(count=0, verified=0, bad=0, first={})
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook/{n}", hook)
-    app.router.add_get("/stats", stats)
-    app.router.add_get("/arrivals", arrivals)
-    app.router.add_post("/reset", reset)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-class ReceiverClient:
-    """The benchmark's view of the receiver process."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.session = aiohttp.ClientSession()
-
-    async def wait_ready(self) -> None:
-        for _ in range(200):
-            try:
-                await self.stats()
-                return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-        raise RuntimeError("the receiver process did not start")
-
-    async def stats(self) -> dict[str, int]:
-        async with self.session.get(f"{self.base}/stats") as response:
-            return await response.json()
-
-    async def arrivals(self) -> dict[str, float]:
-        async with self.session.get(f"{self.base}/arrivals") as response:
-            return await response.json()
-
-    async def reset(self) -> None:
-        async with self.session.post(f"{self.base}/reset"):
-            pass
-
-    async def wait_for(self, count: int, within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
-        while (await self.stats())["count"] < count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the receiver got fewer than {count} requests in {within} s")
-            await asyncio.sleep(0.01)
-
-    async def close(self) -> None:
-        await self.session.close()
-
-
-# -- the bridge side -----------------------------------------------------------------------
-
-
-def bench_config(base: str, subscriptions: int) -> BridgeConfig:
-    data = {
-        "redis": {"url": REDIS_URL},
-        "allow_private_networks": True,
-        "stores": [
-            {
-                "name": STORE,
-                "api_base": "http://127.0.0.1:9",  # never polled: no poller runs here
-                "client_id": "bench",
-                "client_secret": "bench",
-            }
-        ],
-        "subscriptions": [
-            {"name": f"hook-{n}", "type": "webhook", "url": f"{base}/hook/{n}", "secrets": [SECRET]}
-            for n in range(subscriptions)
-        ],
-    }
-    return parse_config(json.dumps(data), environ={})
+LATENCY_SECONDS = harness.quick(5.0, 2.0)
+PEERS = ("bare", "sink alone", "bridge")
+COLOURS = {"bare": PEER_COLOUR, "sink alone": ACCENT_COLOUR, "bridge": BRIDGE_COLOUR}
 
 
 def new_jobs(count: int) -> list[Job]:
@@ -176,177 +67,247 @@ def new_jobs(count: int) -> list[Job]:
     ]
 
 
-def make_dispatcher(redis: aioredis.Redis, config: BridgeConfig) -> Dispatcher:
+async def fill_outbox(redis: aioredis.Redis, count: int) -> list[dict[str, Any]]:
+    """Append `count` events; the events the dispatcher will send."""
     store = Store(redis, STORE)
-    sinks = {
-        sub.name: build_sink(sub, SinkContext(redis, config.subscription_allows_private(sub)))
-        for sub in config.subscriptions
-    }
-    return Dispatcher(redis, [store.events_key], config.subscriptions, sinks)
-
-
-async def fill_outbox(redis: aioredis.Redis, count: int) -> tuple[float, list[bytes]]:
-    """Append `count` events; seconds taken, and the bodies the dispatcher will send."""
-    store = Store(redis, STORE)
-    started = time.perf_counter()
     jobs = new_jobs(count)
     for i in range(0, count, 500):
         await store.observe(Observation(job) for job in jobs[i : i + 500])
-    elapsed = time.perf_counter() - started
-    entries = await redis.xrange(store.events_key)
-    return elapsed, [encode(event_from_outbox(fields)) for _, fields in entries]
+    return [event_from_outbox(fields) for _, fields in await redis.xrange(store.events_key)]
 
 
-async def bridge_run(
-    redis: aioredis.Redis, receiver: ReceiverClient, subscriptions: int
-) -> tuple[float, float, list[bytes], dict[str, int]]:
-    """(append seconds, delivery seconds, bodies, receiver stats) for one subscription count."""
-    await redis.flushdb()
-    await receiver.reset()
-    config = bench_config(receiver.base, subscriptions)
-    dispatcher = make_dispatcher(redis, config)
-    stop = asyncio.Event()
-    await dispatcher.prepare(stop)  # consumer groups first: they start at the outbox's end
-    append_seconds, bodies = await fill_outbox(redis, EVENTS)
-    started = time.perf_counter()
-    task = asyncio.create_task(dispatcher.run(stop))
-    await receiver.wait_for(EVENTS * subscriptions)
-    elapsed = time.perf_counter() - started
-    stop.set()
-    await task
-    return append_seconds, elapsed, bodies, await receiver.stats()
+async def concurrently(
+    destinations: int, events: list[dict[str, Any]], send: Callable[[int, Any], Awaitable[None]]
+) -> None:
+    """`send(destination, event)` for every event and destination, CONCURRENCY per destination."""
+
+    async def worker(destination: int, queue: list[Any]) -> None:
+        while queue:
+            await send(destination, queue.pop())
+
+    queues = [list(events) for _ in range(destinations)]
+    await asyncio.gather(
+        *(worker(d, queues[d]) for d in range(destinations) for _ in range(CONCURRENCY))
+    )
 
 
 async def bare_run(
-    receiver: ReceiverClient, bodies: list[bytes], destinations: int, concurrency: int
-) -> float:
-    """Seconds for plain aiohttp to POST every body to every destination."""
-    await receiver.reset()
-    sessions = [
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
-        for _ in range(destinations)
-    ]
+    rx: harness.Receiver, events: list[dict[str, Any]], destinations: int
+) -> harness.Stopwatch:
+    """Time for plain aiohttp to POST every body to every destination."""
+    await rx.reset()
+    bodies = {e["id"]: encode(e) for e in events}
+    sessions = [aiohttp.ClientSession() for _ in range(destinations)]
+    headers = {"content-type": "application/json"}
 
-    async def worker(session: aiohttp.ClientSession, url: str, queue: list[bytes]) -> None:
-        while queue:
-            body = queue.pop()
-            async with session.post(
-                url, data=body, headers={"content-type": "application/json"}
-            ) as response:
-                await response.read()
+    async def send(destination: int, event: dict[str, Any]) -> None:
+        async with sessions[destination].post(
+            rx.url(destination), data=bodies[event["id"]], headers=headers
+        ) as response:
+            await response.read()
 
-    started = time.perf_counter()
-    workers = []
-    for n, session in enumerate(sessions):
-        queue = list(bodies)
-        url = f"{receiver.base}/hook/{n}"
-        workers += [worker(session, url, queue) for _ in range(concurrency)]
-    await asyncio.gather(*workers)
-    elapsed = time.perf_counter() - started
+    watch = harness.Stopwatch()
+    await concurrently(destinations, events, send)
+    watch.stop()
     for session in sessions:
         await session.close()
-    await receiver.wait_for(len(bodies) * destinations)
-    return elapsed
+    await rx.wait_for(len(events) * destinations)
+    return watch
 
 
-async def latency_run(redis: aioredis.Redis, receiver: ReceiverClient) -> list[float]:
+async def sink_run(
+    rx: harness.Receiver, events: list[dict[str, Any]], destinations: int
+) -> harness.Stopwatch:
+    """Time for the bridge's WebhookSink alone (no Redis, no dispatcher) to do the same."""
+    await rx.reset()
+    config = harness.bridge_config(STORE, [rx.url(n) for n in range(destinations)])
+    sinks = [
+        build_sink(sub, SinkContext(None, config.subscription_allows_private(sub)))
+        for sub in config.subscriptions
+    ]
+    for sink in sinks:
+        await sink.start()
+
+    bodies = {e["id"]: encode(e) for e in events}
+
+    async def send(destination: int, event: dict[str, Any]) -> None:
+        result = await sinks[destination].deliver(event, bodies[event["id"]])
+        if not result.ok:
+            raise RuntimeError(f"delivery failed: {result.reason}")
+
+    watch = harness.Stopwatch()
+    await concurrently(destinations, events, send)
+    watch.stop()
+    for sink in sinks:
+        await sink.close()
+    await rx.wait_for(len(events) * destinations)
+    return watch
+
+
+async def bridge_run(
+    redis: aioredis.Redis, rx: harness.Receiver, destinations: int
+) -> harness.Stopwatch:
+    """Time for the dispatcher to drain EVENTS outbox entries to every subscription."""
+    await redis.flushdb()
+    await rx.reset()
+    bridge = Bridge(harness.bridge_config(STORE, [rx.url(n) for n in range(destinations)]), redis)
+    stop = asyncio.Event()
+    await bridge.dispatcher.prepare(stop)  # consumer groups first: they start at the outbox's end
+    await fill_outbox(redis, EVENTS)
+    watch = harness.Stopwatch()
+    task = asyncio.create_task(bridge.dispatcher.run(stop))
+    await rx.wait_for(EVENTS * destinations)
+    watch.stop()
+    stop.set()
+    await task
+    for client in bridge.clients.values():
+        await client.close()
+    return watch
+
+
+async def latency_run(redis: aioredis.Redis, rx: harness.Receiver) -> list[float]:
     """Milliseconds from outbox append to arrival, for events appended at a steady rate."""
     await redis.flushdb()
-    await receiver.reset()
-    config = bench_config(receiver.base, 1)
+    await rx.reset()
     store = Store(redis, STORE)
-    dispatcher = make_dispatcher(redis, config)
+    bridge = Bridge(harness.bridge_config(STORE, [rx.url()]), redis)
     stop = asyncio.Event()
-    task = asyncio.create_task(dispatcher.run(stop))
-    await asyncio.sleep(0.5)  # consumer group created, first XREADGROUP blocking
+    await bridge.dispatcher.prepare(stop)
+    task = asyncio.create_task(bridge.dispatcher.run(stop))
+    await asyncio.sleep(0.5)  # the lanes' first reads under way
     total = int(LATENCY_RATE * LATENCY_SECONDS)
     appended: dict[str, float] = {}
-    jobs = new_jobs(total)
     begin = time.monotonic()
-    for i, job in enumerate(jobs):
+    for i, job in enumerate(new_jobs(total)):
         delay = begin + i / LATENCY_RATE - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        at = time.time()
+        appended[event_id(STORE, "pcm", job.id, "pending")] = time.time()
         await store.observe([Observation(job)])
-        appended[job.id] = at
-    await receiver.wait_for(total)
+    await rx.wait_for(total)
     stop.set()
     await task
-    by_event = {event_id_of(job): job.id for job in jobs}
-    arrivals = await receiver.arrivals()
-    return [(arrivals[eid] - appended[by_event[eid]]) * 1000 for eid in arrivals]
+    for client in bridge.clients.values():
+        await client.close()
+    arrivals = await rx.arrivals()
+    return [(arrivals[eid] - at) * 1000 for eid, at in appended.items()]
 
 
-def event_id_of(job: Job) -> str:
-    from bridge.events import event_id
-
-    return event_id(STORE, "pcm", job.id, "pending")
+Runs = dict[int, dict[str, dict[str, list[float]]]]  # subscriptions -> peer -> measure -> runs
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def main(port: int) -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    redis = open_redis(REDIS_URL)  # the bridge's own client (a blocking pool)
-    receiver = ReceiverClient(f"http://127.0.0.1:{port}")
+async def measure(redis: aioredis.Redis, rx: harness.Receiver) -> Runs:
+    """Deliveries per second and CPU microseconds per delivery of each peer, every repeat."""
+    runs: Runs = {n: {p: {"rate": [], "cpu_us": []} for p in PEERS} for n in SUBSCRIPTION_COUNTS}
     await redis.flushdb()
-    try:
-        await receiver.wait_ready()
-        print(
-            f"jobs-bridge webhook benchmark: Python {platform.python_version()}, "
-            f"{os.cpu_count()} CPUs, Redis {REDIS_URL} (the bridge's blocking pool), "
-            "receiver in its own process"
-        )
-        print(
-            f"{EVENTS} events per run; bare = plain aiohttp POSTs of the same bodies, same "
-            "concurrency (10 in flight per destination)\n"
-        )
-        print(
-            f"{'subscriptions':>13} {'deliveries':>10} {'bridge/s':>9} {'bare/s':>8} "
-            f"{'bridge:bare':>11} {'outbox append/s':>16} {'signatures':>12}"
-        )
-        for subscriptions in SUBSCRIPTION_COUNTS:
-            append_s, bridge_s, bodies, stats = await bridge_run(redis, receiver, subscriptions)
-            bare_s = await bare_run(receiver, bodies, subscriptions, concurrency=10)
-            deliveries = EVENTS * subscriptions
-            bridge_rate, bare_rate = deliveries / bridge_s, deliveries / bare_s
-            signatures = f"{stats['verified']} ok/{stats['bad']} bad"
+    events = await fill_outbox(redis, EVENTS)
+    for repeat in range(REPEATS):
+        for n in SUBSCRIPTION_COUNTS:
+            deliveries = EVENTS * n
+            for peer, watch in (
+                ("bare", await bare_run(rx, events, n)),
+                ("sink alone", await sink_run(rx, events, n)),
+                ("bridge", await bridge_run(redis, rx, n)),
+            ):
+                runs[n][peer]["rate"].append(deliveries / watch.wall)
+                runs[n][peer]["cpu_us"].append(watch.cpu / deliveries * 1e6)
+            row = {p: (runs[n][p]["rate"][-1], runs[n][p]["cpu_us"][-1]) for p in PEERS}
             print(
-                f"{subscriptions:>13} {deliveries:>10} {bridge_rate:>9.0f} {bare_rate:>8.0f} "
-                f"{bridge_rate / bare_rate:>11.2f} {EVENTS / append_s:>16.0f} {signatures:>12}"
+                f"  #{repeat + 1} {n:>2} subscriptions: "
+                + ", ".join(f"{p} {r:,.0f}/s ({cpu:.0f} us CPU)" for p, (r, cpu) in row.items())
+                + f"; bridge:bare {row['bridge'][0] / row['bare'][0]:.2f}"
             )
-        latencies = await latency_run(redis, receiver)
-        print(
-            f"\nlatency, outbox append -> receipt, {LATENCY_RATE} events/s for "
-            f"{LATENCY_SECONDS:g} s ({len(latencies)} events, 1 subscription): "
-            f"p50 {statistics.median(latencies):.1f} ms, p99 {percentile(latencies, 99):.1f} ms, "
-            f"max {max(latencies):.1f} ms"
-        )
+    return runs
+
+
+def draw(runs: Runs) -> Any:
+    def bars(axis: Any, measure: str, best: Any) -> None:
+        width = 0.27
+        for i, peer in enumerate(PEERS):
+            for k, n in enumerate(SUBSCRIPTION_COUNTS):
+                values = runs[n][peer][measure]
+                x = k + (i - 1) * width
+                label = peer if k == 0 else None
+                axis.bar(x, best(values), width, color=COLOURS[peer], label=label)
+                axis.scatter([x] * len(values), values, color="black", s=8, zorder=3)
+        axis.set_xticks(range(len(SUBSCRIPTION_COUNTS)), [str(n) for n in SUBSCRIPTION_COUNTS])
+        axis.set_xlabel("subscriptions")
+        axis.set_ylim(0, axis.get_ylim()[1] * 1.12)
+        axis.legend(fontsize=8, loc="upper left")
+
+    def panels(axes: Any) -> None:
+        rate, cpu = axes
+        bars(rate, "rate", max)
+        for k, n in enumerate(SUBSCRIPTION_COUNTS):
+            ratio = max(runs[n]["bridge"]["rate"]) / max(runs[n]["bare"]["rate"])
+            top = max(max(runs[n][p]["rate"]) for p in PEERS)
+            rate.annotate(f"{ratio:.2f}x", (k + 0.27, top), ha="center", va="bottom", fontsize=8)
+        rate.set_title("deliveries per second (labels: bridge / bare, best runs)", fontsize=9)
+        rate.set_ylabel("signed deliveries per second (bars: best; dots: each run)")
+        bars(cpu, "cpu_us", min)
+        cpu.set_title("CPU of the sending process per delivery (lower is better)", fontsize=9)
+        cpu.set_ylabel("microseconds (bars: best; dots: each run)")
+
+    return panels
+
+
+async def main() -> None:
+    harness.quiet_logs()
+    redis = open_redis(harness.REDIS_URL)  # the bridge's own client (a blocking pool)
+    machine = await harness.describe_machine(redis)
+    print(
+        f"webhook throughput: {EVENTS:,} events per run, {CONCURRENCY} in flight per "
+        f"destination, {REPEATS} repeats; receiver in its own process"
+    )
+    try:
+        async with harness.receiver() as rx:
+            runs = await measure(redis, rx)
+            latencies = await latency_run(redis, rx)
     finally:
         await redis.flushdb()
         await redis.aclose()
-        await receiver.close()
+    summary = {
+        n: {
+            p: {
+                "deliveries_per_second": harness.spread(runs[n][p]["rate"]),
+                "cpu_us_per_delivery": harness.spread(runs[n][p]["cpu_us"], higher_is_better=False),
+            }
+            for p in PEERS
+        }
+        for n in SUBSCRIPTION_COUNTS
+    }
+    for n in SUBSCRIPTION_COUNTS:
+        for p in PEERS:
+            rate = harness.show_spread(summary[n][p]["deliveries_per_second"])
+            cpu = harness.show_spread(summary[n][p]["cpu_us_per_delivery"])
+            print(f"{n:>2} subscriptions, {p:<10}: {rate} deliveries/s; CPU {cpu} us/delivery")
+    latency = {
+        "p50": statistics.median(latencies),
+        "p99": harness.percentile(latencies, 99),
+        "max": max(latencies),
+    }
+    print(
+        f"latency, outbox append -> receipt, {LATENCY_RATE} events/s for {LATENCY_SECONDS:g} s "
+        f"({len(latencies)} events, 1 subscription): p50 {latency['p50']:.1f} ms, "
+        f"p99 {latency['p99']:.1f} ms, max {latency['max']:.1f} ms"
+    )
+    harness.write_results(
+        "webhook_throughput",
+        machine,
+        {
+            "settings": {"events": EVENTS, "concurrency": CONCURRENCY, "repeats": REPEATS},
+            "by_subscriptions": summary,
+            "append_to_receipt_ms": latency,
+        },
+    )
+    harness.plot(
+        "webhook_throughput",
+        machine,
+        "Signed webhook deliveries per second: bridge, its sink alone, and a bare aiohttp loop",
+        draw(runs),
+        panels=2,
+    )
 
 
 if __name__ == "__main__":
-    port = free_port()
-    process = multiprocessing.get_context("spawn").Process(
-        target=serve_receiver, args=(port, SECRET), daemon=True
-    )
-    process.start()
-    try:
-        asyncio.run(main(port))
-    finally:
-        process.terminate()
-        process.join(5)
-    sys.exit(0)
+    asyncio.run(main())

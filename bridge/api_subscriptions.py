@@ -22,7 +22,14 @@ from aiohttp import web
 
 from bridge.apiguard import ApiError
 from bridge.catalog import API, EntryInvalid, Subscriptions, parse_entry
-from bridge.openapi import NULLABLE_NUMBER, NULLABLE_STRING, TIMESTAMP, array, obj, ref
+from bridge.openapi import (
+    HEALTH_PROPERTIES,
+    NULLABLE_NUMBER,
+    NULLABLE_STRING,
+    array,
+    obj,
+    ref,
+)
 from bridge.sinks.registry import SINKS
 from bridge.subscription_view import subscription_view, subscription_views
 from bridge.testevent import send_test
@@ -136,16 +143,7 @@ _CHANGES = {
 SCHEMAS: dict[str, Any] = {
     "SubscriptionHealth": obj(
         ["enabled", "disabled_reason", "last_success_at", "last_failure_at", "last_error"],
-        {
-            "enabled": {"type": "boolean"},
-            "disabled_reason": NULLABLE_STRING,
-            "last_success_at": TIMESTAMP,
-            "last_failure_at": TIMESTAMP,
-            "last_error": NULLABLE_STRING,
-            "failing_since": TIMESTAMP,
-            "retrying": {"type": "integer"},
-            "dead_letters": {"type": "integer"},
-        },
+        HEALTH_PROPERTIES,
     ),
     "Subscription": obj(
         ["name", "origin", "type", "health"],

@@ -264,6 +264,8 @@ async def read_body(
     A body that stalls or breaks off comes back shorter instead of raising: the status line
     already said what the receiver thinks.
     """
+    if response.content.at_eof():  # nothing (more) to read: most answers to a webhook
+        return b""
     buffer = bytearray()
     try:
         while len(buffer) < max_bytes:
@@ -289,12 +291,12 @@ async def read_excerpt(response: aiohttp.ClientResponse) -> str:
     return raw.decode(errors="replace")[:EXCERPT_CHARS]
 
 
+_STATUS_TEXTS = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+
 def status_text(status: int) -> str:
     """`503 Service Unavailable`: the standard phrase, never the receiver's free-text reason."""
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return str(status)
+    return _STATUS_TEXTS.get(status) or str(status)
 
 
 def describe_connection_failure(exc: BaseException, url: yarl.URL) -> str:

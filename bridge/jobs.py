@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -61,6 +62,13 @@ def parse_timestamp(value: Any) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"timestamp must be a string, got {type(value).__name__}")
+    return _parse_timestamp_text(value)
+
+
+# Every poll cycle reads its first page again, and a steady cycle reads little else: the
+# same strings come back each second, so each is parsed once (datetimes are immutable).
+@functools.lru_cache(maxsize=8192)
+def _parse_timestamp_text(value: str) -> datetime | None:
     match = _TIMESTAMP.match(value.strip())
     if match is None:
         raise ValueError(f"unrecognised timestamp {value!r}")

@@ -22,6 +22,19 @@ def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+# A subscription's health, as /status and /subscriptions both give it.
+HEALTH_PROPERTIES: dict[str, Schema] = {
+    "enabled": {"type": "boolean"},
+    "disabled_reason": NULLABLE_STRING,
+    "last_success_at": TIMESTAMP,
+    "last_failure_at": TIMESTAMP,
+    "last_error": NULLABLE_STRING,
+    "failing_since": TIMESTAMP,
+    "retrying": {"type": "integer"},
+    "dead_letters": {"type": "integer"},
+}
+
+
 def obj(required: list[str], properties: dict[str, Schema], **extra: Any) -> Schema:
     return {"type": "object", "required": required, "properties": properties, **extra}
 
@@ -117,14 +130,7 @@ SCHEMAS: dict[str, Schema] = {
             "name": {"type": "string"},
             "type": {"type": "string"},
             "configured": {"type": "boolean"},
-            "enabled": {"type": "boolean"},
-            "disabled_reason": NULLABLE_STRING,
-            "last_success_at": TIMESTAMP,
-            "last_failure_at": TIMESTAMP,
-            "last_error": NULLABLE_STRING,
-            "failing_since": TIMESTAMP,
-            "retrying": {"type": "integer"},
-            "dead_letters": {"type": "integer"},
+            **HEALTH_PROPERTIES,
             "backlog": {"type": "integer", "description": "events it still owes"},
             "counters": {"type": "object"},
         },

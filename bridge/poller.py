@@ -12,7 +12,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +26,8 @@ from bridge.joberrors import JobErrors
 from bridge.jobs import Job, JobParseError, JobStatus, Source, parse_job
 from bridge.openjobs import OpenJobs
 from bridge.recovery import Metas, StateLost, StateWatch
-from bridge.scan import CycleReport, Scan, pages
-from bridge.store import Observation, Store, StoredState
+from bridge.scan import CycleReport, Scan, pages, record_id
+from bridge.store import Observation, Store
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +36,8 @@ PROGRESS_EVERY_PAGES = 10
 # every job the API counts is recorded, at most this many passes.
 BASELINE_PASSES = 5
 DAY = 86_400.0
+# A page holding at least this many open jobs makes the next page worth reading (_open_cluster).
+OPEN_CLUSTER = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +101,14 @@ class Poller:
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until `stop` is set. API, Redis and parsing trouble is logged, never fatal."""
+        """Poll until `stop` is set. API, Redis and parsing trouble is logged, never fatal.
+
+        Cycles are scheduled start to start: the poll interval is the period, however long
+        a cycle takes (a cycle longer than the interval is followed at once by the next).
+        After a failure the backoff counts from the failure.
+        """
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 report = await self.cycle()
             except asyncio.CancelledError:
@@ -109,7 +117,9 @@ class Poller:
                 delay = self._failure_delay(exc)
             else:
                 self.consecutive_failures = 0
-                delay = self.next_interval(report)
+                delay = self.next_interval(report) - (time.monotonic() - started)
+            if delay <= 0:
+                continue
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:
@@ -268,16 +278,23 @@ class Poller:
             await self._process(scan, await self.client.list_v2_jobs())
             scan.report.pages = 1
         else:
+            open_ids: Collection[str] | None = None  # read once, when first needed
             async with contextlib.aclosing(self._pages(scan)) as pages:
                 async for page in pages:
-                    changes = await self._process(scan, page.records)
-                    # Jobs the API counts that the bridge has never recorded are further on.
-                    accounted = await self.store.known_count(self.source) + scan.report.skipped
-                    unaccounted = page.total is not None and accounted < page.total
-                    if not changes and not unaccounted:
+                    if await self._process(scan, page.records) or await self._unaccounted(scan):
+                        continue
+                    if open_ids is None:
+                        open_ids = (await self.store.open_jobs(self.source)).keys()
+                    if not _open_cluster(scan, page, open_ids):
                         break
         await self._finish(scan)
         return scan.report
+
+    async def _unaccounted(self, scan: Scan) -> bool:
+        """Whether jobs the API counted when the scan began were never recorded: they are
+        further on. (Jobs created since are at the top, for the next cycle.)"""
+        accounted = await self.store.known_count(self.source) + scan.report.skipped
+        return scan.report.total is not None and accounted < scan.report.total
 
     async def _finish(self, scan: Scan) -> None:
         """Fetch open jobs the scan did not reach, then look for stalled ones."""
@@ -312,26 +329,33 @@ class Poller:
         """Parse a page, find what is new or changed, observe it. Returns the change count."""
         jobs = self._parse(scan, records)
         states = await self.store.states(self.source, [j.id for j in jobs])
-        changed: list[tuple[Job, StoredState | None]] = []
+        ready: list[tuple[Job, bool]] = []
+        failed: list[tuple[Job, bool]] = []
         for job, state in zip(jobs, states, strict=True):
             if state is not None and state.status == job.status:
                 continue
             if state is None and scan.forgotten(job):
                 scan.report.history += 1
                 continue
-            changed.append((job, state))
-        observed: list[Job] = []
-        observations: list[Observation] = []
-        for job, state in changed:
-            observation = await self._observation(job, scan.silent_for(job, state))
-            if observation is not None:
-                observed.append(job)
-                observations.append(observation)
+            silent = scan.silent_for(job, state)
+            needs_errors = not silent and job.status == JobStatus.FAILED
+            (failed if needs_errors else ready).append((job, silent))
+        # A failed job's event waits for its /errors (a request each, at the rate budget):
+        # the page's other events go out first, then each failed one as its errors arrive.
+        await self._observe(scan, [self._observation(job, silent) for job, silent in ready])
+        for job, silent in failed:
+            errors = await self._errors.of(job)
+            if errors is not None:  # None: not yet, the event waits for the next cycle
+                await self._observe(scan, [self._observation(job, silent, errors)])
+        scan.report.changes += len(ready) + len(failed)
+        return len(ready) + len(failed)
+
+    async def _observe(self, scan: Scan, observations: list[Observation]) -> None:
         outcomes = await self.store.observe(observations, marker=scan.marker)
         if any(outcome.result == "lost" for outcome in outcomes):
             raise StateLost(self.store.name)
-        scan.report.changes += len(changed)
-        for job, outcome in zip(observed, outcomes, strict=True):
+        for observation, outcome in zip(observations, outcomes, strict=True):
+            job = observation.job
             if outcome.result == "emitted":
                 scan.report.emitted += 1
                 self._announce(
@@ -339,7 +363,6 @@ class Poller:
                 )
             elif outcome.result == "recorded" and not scan.silent:
                 self._log.info("history_job_recorded", job_id=job.id, status=job.status)
-        return len(changed)
 
     def _parse(self, scan: Scan, records: Sequence[Any]) -> list[Job]:
         jobs: list[Job] = []
@@ -360,19 +383,14 @@ class Poller:
                 scan.open.pop(job.id, None)
         return jobs
 
-    async def _observation(self, job: Job, silent: bool) -> Observation | None:
-        """What to observe of a changed job; None to leave it for the next cycle."""
-        errors: list[dict[str, Any]] = []
-        if not silent and job.status == JobStatus.FAILED:
-            found = await self._errors.of(job)
-            if found is None:
-                return None
-            errors = list(found)
+    def _observation(
+        self, job: Job, silent: bool, errors: Sequence[dict[str, Any]] = ()
+    ) -> Observation:
         return Observation(
             job=job,
             silent=silent,
             stall_reference_ms=self._stall_reference_ms(job),
-            errors=errors,
+            errors=list(errors),
             file_locations=job.file_locations(),
         )
 
@@ -398,3 +416,14 @@ class Poller:
             return  # shown by a listener (the command line's bars), or nothing more to say
         if report.pages % PROGRESS_EVERY_PAGES == 0:
             self._log.info("baseline_progress", pages=report.pages, jobs=report.jobs, total=total)
+
+
+def _open_cluster(scan: Scan, page: Page, open_ids: Collection[str]) -> bool:
+    """Whether open jobs cluster here, so that the next page is worth reading.
+
+    They do after a catalog import fans out into thousands of jobs: reading on costs one
+    request a page, where fetching them one by one would cost one request each.
+    """
+    on_page = sum(1 for record in page.records if record_id(record) in open_ids)
+    unseen = sum(1 for job_id in open_ids if job_id not in scan.seen)
+    return on_page >= OPEN_CLUSTER and unseen >= OPEN_CLUSTER

@@ -30,7 +30,9 @@ class CycleReport:
     skipped: int = 0
     history: int = 0  # finished jobs whose records were forgotten, seen again: left alone
     open_jobs: int = 0  # open after the cycle
-    total: int | None = None  # what the API said the list holds
+    # What the API said the list held when the scan began (its first page): jobs created
+    # while the scan runs are at the top of a newest-first list, for the next cycle.
+    total: int | None = None
     truncated: bool = False  # the scan stopped at a page it had already seen
 
 
@@ -84,7 +86,7 @@ async def pages(
                 raise
             log.warning("scan_offset_limit_reached", offset=offset, error=str(exc))
             return
-        ids = hash(tuple(_record_id(r) for r in page.records))
+        ids = hash(tuple(record_id(r) for r in page.records))
         if len(page.records) == limit and ids in seen:
             scan.report.truncated = True
             stats["repeated_pages"] += 1
@@ -92,7 +94,7 @@ async def pages(
             return
         seen.add(ids)
         scan.report.pages += 1
-        if page.total is not None:
+        if scan.report.pages == 1:
             scan.report.total = page.total
         yield page
         offset += len(page.records)
@@ -104,5 +106,6 @@ def _before(job: Job, moment: float | None) -> bool:
     return moment is not None and job.created_at is not None and job.created_at.timestamp() < moment
 
 
-def _record_id(record: Any) -> Any:
+def record_id(record: Any) -> Any:
+    """A raw record's `id`, before parsing (None when it has none)."""
     return record.get("id") if isinstance(record, dict) else None

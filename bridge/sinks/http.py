@@ -44,6 +44,11 @@ class HttpSink(Sink["aiohttp.ClientSession"]):
         self._allow_private_networks = allow_private_networks
         self._shared_session = session
 
+    async def client(self) -> aiohttp.ClientSession:
+        # A session needs no set-up before each use and stays usable until closed: once it
+        # exists, every delivery takes it without the connect lock.
+        return self._client if self._client is not None else await super().client()
+
     async def connect(self) -> aiohttp.ClientSession:
         if self._shared_session is not None:
             return self._shared_session
@@ -102,5 +107,5 @@ class HttpSink(Sink["aiohttp.ClientSession"]):
             headers=response.headers,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             text=text,
-            excerpt=redact_text(text[:EXCERPT_CHARS]),
+            excerpt=redact_text(text[:EXCERPT_CHARS]) if text else "",
         )

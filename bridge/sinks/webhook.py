@@ -63,10 +63,10 @@ def _secret_key(secret: str) -> bytes:
 
 def sign(keys: list[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
     """The `webhook-signature` header value: one `v1,<base64>` per key, space-separated."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
+    signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
+    # hmac.digest: OpenSSL's one-shot HMAC, without building an HMAC object per key.
     return " ".join(
-        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-        for key in keys
+        "v1," + base64.b64encode(hmac.digest(key, signed, hashlib.sha256)).decode() for key in keys
     )
 
 
