@@ -1,9 +1,8 @@
 """The attempt log and health of one subscription, written in batches (group commit).
 
 Every attempt is recorded before its delivery counts as done (before its outbox entry is
-acknowledged): `add` gives a future that is done once the attempt is in Redis. Attempts that
-end while a batch is being written, or within LINGER of its first, go in one script call, so
-under load one call carries many attempts.
+acknowledged): `add` gives a future that is done once the attempt is in Redis. A batch is
+written LINGER after its first attempt (or after the batch before it), in one script call.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import redis.asyncio as aioredis
 import structlog
 
 from bridge.deliveries import ATTEMPTS_PER_EVENT, Bounds
-from bridge.jobs import now_iso
 from bridge.keys import attempts_key, health_key
 from bridge.sinks import DeliveryResult
 from bridge.tasks import describe
@@ -70,13 +68,13 @@ return 1
 
 
 def _record(
-    subscription: str, event_id: str, attempt: int, result: DeliveryResult
+    subscription: str, event_id: str, attempt: int, result: DeliveryResult, at: str
 ) -> dict[str, Any]:
     return {
         "subscription": subscription,
         "event_id": event_id,
         "attempt": attempt,
-        "at": now_iso(),
+        "at": at,
         "ok": int(result.ok),
         "status": result.status if result.status is not None else "",
         "duration_ms": round(result.duration_ms, 1),
@@ -96,11 +94,20 @@ class AttemptLog:
         self._args: list[str] = []  # ... and its outcome ('1' ok) and record
         self._written: asyncio.Future[None] | None = None  # resolved once the next batch is
         self._writer: asyncio.Task[None] | None = None
+        self._second = (0, "")  # the current second, formatted
+
+    def _now(self) -> str:
+        """This moment as now_iso() writes it, with each second formatted once."""
+        now = time.time()
+        second = int(now)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int((now - second) * 1000):03d}Z"
 
     def add(self, event_id: str, attempt: int, result: DeliveryResult) -> asyncio.Future[None]:
         """Record one attempt: the future is done once it is written (or failed to be).
         Await it shielded: the batch is shared, a cancelled waiter must not cancel it."""
-        record = json.dumps(_record(self.subscription, event_id, attempt, result))
+        record = json.dumps(_record(self.subscription, event_id, attempt, result, self._now()))
         self._keys.append(attempts_key(self.subscription, event_id))
         self._args.append(("1" if result.ok else "0") + record)
         if self._written is None:
@@ -112,8 +119,8 @@ class AttemptLog:
         return written
 
     async def _write_all(self) -> None:
-        await asyncio.sleep(LINGER)
         while self._keys:
+            await asyncio.sleep(LINGER)
             keys, self._keys = self._keys, []
             args, self._args = self._args, []
             written, self._written = self._written, None

@@ -62,6 +62,8 @@ def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | No
 
 
 def matches(sub: SubscriptionBase, event: dict[str, Any]) -> bool:
+    if sub.filter.matches_all:
+        return True
     data = event["data"]
     return sub.filter.matches(data["store"], data["source"], data["job"]["type"], data["status"])
 

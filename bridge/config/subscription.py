@@ -37,6 +37,16 @@ class Filter(Model):
             raise ValueError("must not be empty (leave the key out to match everything)")
         return value
 
+    @property
+    def matches_all(self) -> bool:
+        """No key given: every event matches (checked first, per event)."""
+        return (
+            self.stores is None
+            and self.sources is None
+            and self.job_types is None
+            and self.statuses is None
+        )
+
     def matches(self, store: str, source: str, job_type: str, status: str) -> bool:
         return all(
             allowed is None or value in allowed
