@@ -25,6 +25,7 @@ from bridge.keys import (
     delivery_key,
     health_key,
     legacy_delivery_key,
+    parked_key,
     retry_key,
 )
 from bridge.ordering import FINISH, finish_call
@@ -362,7 +363,8 @@ class Deliveries:
         )
 
     async def status(self, subscription: str) -> dict[str, Any]:
-        """Health, retries and dead letters of one subscription, for people to read."""
+        """Health, retries, parked events (ordering) and dead letters of one subscription,
+        for people to read."""
         health = await self.health(subscription)
         return {
             "enabled": health.enabled,
@@ -372,6 +374,7 @@ class Deliveries:
             "last_error": health.last_error or None,
             "failing_since": health.failing_since,
             "retrying": await self.retry_count(subscription),
+            "parked": int(await self.redis.hlen(parked_key(subscription))),
             "dead_letters": await self.dead_letter_count(subscription),
         }
 
