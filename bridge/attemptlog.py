@@ -151,10 +151,11 @@ class AttemptLog:
             ],
         )  # fmt: skip
 
-    async def close(self) -> None:
-        """Wait for the batch being written (a stopping lane's last attempts)."""
+    async def close(self, grace: float | None = None) -> None:
+        """Wait (up to `grace` seconds) for the batches being written: a stopping lane's
+        last attempts."""
         if self._writer is not None and not self._writer.done():
-            await asyncio.wait([self._writer])
+            await asyncio.wait([self._writer], timeout=grace)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

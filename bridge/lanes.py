@@ -161,7 +161,7 @@ class Lane:
                 with contextlib.suppress(Exception):
                     await self._read_new()
             await finish(set(self._tasks), grace=DRAIN_SECONDS if stopped else 0)
-            await self.attempts.close()
+            await self.attempts.close(grace=LOOP_GRACE)
             with contextlib.suppress(Exception):  # what was delivered is not sent again
                 await self._flush_acks()
             self.held.clear()
@@ -234,7 +234,7 @@ class Lane:
         if not entries:
             return
         wanted: list[Wanted] | None = self._sort(key, entries)
-        if self.order is not None and wanted is not None:
+        if self.order is not None and wanted:
             admitted = None
             try:
                 wanted = admitted = await self._admit(key, entries, wanted, fresh)
