@@ -1,4 +1,4 @@
-"""One subscription's way through the outbox: its consumer group, its slots, its retries.
+"""One subscription's way through the outbox: its consumer group, its workers, its retries.
 
 A lane reads every outbox stream through its subscription's own consumer group, so a slow,
 failing or disabled subscription holds back no other. An entry is acknowledged once its
@@ -18,7 +18,7 @@ import functools
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -32,7 +32,8 @@ from bridge.keys import group_name
 from bridge.ordering import JobOrder
 from bridge.outbox import Decoded, Watch, create_group, is_nogroup
 from bridge.sinks import DeliveryResult, Sink
-from bridge.tasks import Supervisor, describe, finish, repeat
+from bridge.tasks import Supervisor, describe, repeat
+from bridge.workers import Workers
 
 log = structlog.get_logger(__name__)
 
@@ -107,17 +108,17 @@ class Lane:
         self.counts = counts  # deliveries: delivered, failed_attempts, ...
         self.stats = stats  # outbox entries: routed, claimed, skipped
         self.on_attempt = on_attempt  # hears every attempt's result (metrics)
-        concurrency = sink.concurrency(sub.concurrency)
-        self.slots = asyncio.Semaphore(concurrency)
-        # Entries read ahead of a free slot: enough to keep the slots busy, bounded.
-        self.window = concurrency + batch
+        # Deliveries in flight at once: each worker sends one after another while any wait.
+        self.concurrency = sink.concurrency(sub.concurrency)
+        # Entries read ahead of a free worker: enough to keep the workers busy, bounded.
+        self.window = self.concurrency + batch
         # Read again once this few are left: every read takes at least half a batch, and the
-        # slots still have work meanwhile (a read per finished delivery costs more than it).
-        self.refill = concurrency + batch // 2
+        # workers still have work meanwhile (a read per finished delivery costs more than it).
+        self.refill = self.concurrency + batch // 2
         self.held: defaultdict[str, set[str]] = defaultdict(set)  # read, not acknowledged
         self._acks: defaultdict[str, list[str]] = defaultdict(list)
-        self._tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
+        self.workers = Workers(self.concurrency, self._delivery_failed, self._room.set)
         self._due = asyncio.Event()  # a retry became due now (a release): look at once
         self._wake: asyncio.Event | None = None
         self._health: tuple[float, Health] | None = None
@@ -160,7 +161,7 @@ class Lane:
             if stopped:  # what was emitted before the stop is delivered within the drain too
                 with contextlib.suppress(Exception):
                     await self._read_new()
-            await finish(set(self._tasks), grace=DRAIN_SECONDS if stopped else 0)
+            await self.workers.finish(grace=DRAIN_SECONDS if stopped else 0)
             await self.attempts.close(grace=LOOP_GRACE)
             with contextlib.suppress(Exception):  # what was delivered is not sent again
                 await self._flush_acks()
@@ -212,7 +213,7 @@ class Lane:
 
     async def _read_new(self) -> int:
         """Read new entries, as many as there is room for; how many were taken."""
-        room = min(self.window - len(self._tasks), self.batch)
+        room = min(self.window - len(self.workers), self.batch)
         replies = await self._read({key: ">" for key in self.outbox_keys}, room)
         taken = 0
         for key, entries in replies:
@@ -222,7 +223,7 @@ class Lane:
 
     async def _has_room(self) -> bool:
         """True when more deliveries may start; else wait until one ends (False)."""
-        if len(self._tasks) < self.refill:
+        if len(self.workers) < self.refill:
             return True
         self._room.clear()
         await self._room.wait()
@@ -242,7 +243,8 @@ class Lane:
                 if admitted is None:  # not kept fresh any more: claimed and handled later
                     self.held[key].difference_update(entry_id for entry_id, _ in entries)
         for entry_id, event, body in wanted or ():
-            self._spawn(self._deliver_entry(key, entry_id, event, body), key, entry_id)
+            work = functools.partial(self._deliver_entry, key, entry_id, event, body)
+            self.workers.submit(work, (key, entry_id))
 
     def _sort(self, key: str, entries: list[Entry]) -> list[Wanted]:
         """The entries to deliver; the others are acknowledged."""
@@ -279,21 +281,12 @@ class Lane:
         self.stats["parked"] += len(parked)
         return [w for w, head in zip(wanted, heads, strict=True) if head]
 
-    def _spawn(self, work: Awaitable[None], key: str = "", entry_id: str = "") -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._task_done, key=key, entry_id=entry_id))
-
-    def _task_done(self, task: asyncio.Task[None], key: str, entry_id: str) -> None:
-        self._tasks.discard(task)
-        self._room.set()
-        error = None if task.cancelled() else task.exception()
-        if task.cancelled() or error is not None:
-            if entry_id:
-                # Not acknowledged and no longer kept fresh: claimed and handled again later.
-                self.held[key].discard(entry_id)
-            if error is not None:
-                log.warning("outbox_entry_failed", subscription=self.name, error=describe(error))
+    def _delivery_failed(self, tag: tuple[str, str] | None, error: BaseException) -> None:
+        if tag is not None:  # not acknowledged, no longer kept fresh: claimed and sent later
+            key, entry_id = tag
+            self.held[key].discard(entry_id)
+        if isinstance(error, Exception):
+            log.warning("outbox_entry_failed", subscription=self.name, error=describe(error))
 
     async def _deliver_entry(
         self, key: str, entry_id: str, event: dict[str, Any], body: bytes
@@ -337,11 +330,11 @@ class Lane:
         """Take over entries a consumer that is gone read but never acknowledged."""
         for key in self.outbox_keys:
             cursor = "0-0"
-            while len(self._tasks) < self.window:
+            while len(self.workers) < self.window:
                 try:
                     reply = await self.redis.xautoclaim(
                         key, self.group, self.consumer, int(self.claim_idle * 1000), cursor,
-                        count=max(1, min(100, self.window - len(self._tasks))),
+                        count=max(1, min(100, self.window - len(self.workers))),
                     )  # fmt: skip
                 except Exception as exc:
                     if not is_nogroup(exc):
@@ -369,10 +362,10 @@ class Lane:
         if not await self._has_room():
             return True
         self._due.clear()
-        room = min(self.batch, self.window - len(self._tasks))
+        room = min(self.batch, self.window - len(self.workers))
         due = await self.deliveries.claim_due(self.name, limit=room)
         for pending in due:
-            self._spawn(self._retry(pending))
+            self.workers.submit(functools.partial(self._retry, pending))
         if len(due) < room:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._due.wait(), RETRY_EVERY)
@@ -404,17 +397,16 @@ class Lane:
         `scheduled`: the delivery came off the retry schedule (a retry or a replay), whose
         entry must be cleared once it is done.
         """
-        async with self.slots:
-            started = time.perf_counter()
-            try:
-                result = await self.sink.deliver(event, body)
-            except Exception as exc:  # a sink bug must not stop the lane
-                result = DeliveryResult(
-                    ok=False,
-                    reason=f"sink error: {type(exc).__name__}",
-                    duration_ms=(time.perf_counter() - started) * 1000,
-                )
-                log.exception("sink_failed", subscription=self.name, event_id=event["id"])
+        started = time.perf_counter()
+        try:
+            result = await self.sink.deliver(event, body)
+        except Exception as exc:  # a sink bug must not stop the lane
+            result = DeliveryResult(
+                ok=False,
+                reason=f"sink error: {type(exc).__name__}",
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+            log.exception("sink_failed", subscription=self.name, event_id=event["id"])
         recorded = self.attempts.add(event["id"], attempt, result)
         if self.on_attempt is not None:
             self.on_attempt(self.name, result)
