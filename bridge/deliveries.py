@@ -25,9 +25,10 @@ from bridge.keys import (
     delivery_key,
     health_key,
     legacy_delivery_key,
+    parked_key,
     retry_key,
 )
-from bridge.sinks import DeliveryResult
+from bridge.ordering import FINISH, finish_call
 
 if TYPE_CHECKING:
     from bridge.config import BridgeConfig
@@ -63,33 +64,6 @@ class Bounds:
     @classmethod
     def from_config(cls, config: BridgeConfig) -> Bounds:
         return cls(config.dead_letter_retention, config.attempt_retention, config.attempt_log_max)
-
-
-# One attempt: the subscription's log, the event's log and the health hash, in one round trip.
-RECORD_ATTEMPT = """
-local subscription_log = KEYS[1]
-local event_log = KEYS[2]
-local health = KEYS[3]
-local record = ARGV[1]              -- the attempt, as JSON
-local ok = ARGV[2] == '1'
-local now = ARGV[3]
-local reason = ARGV[4]
-local subscription_cap = ARGV[5]
-local event_cap = tonumber(ARGV[6])
-local retention = ARGV[7]
-redis.call('XADD', subscription_log, 'MAXLEN', '~', subscription_cap, '*', 'record', record)
-redis.call('LPUSH', event_log, record)
-redis.call('LTRIM', event_log, 0, event_cap - 1)
-redis.call('EXPIRE', event_log, retention)
-if ok then
-  redis.call('HSET', health, 'last_success_at', now)
-  redis.call('HDEL', health, 'failing_since')
-else
-  redis.call('HSET', health, 'last_failure_at', now, 'last_error', reason)
-  redis.call('HSETNX', health, 'failing_since', now)
-end
-return 1
-"""
 
 
 def _ms(seconds: float) -> int:
@@ -151,7 +125,7 @@ class Deliveries:
         self.redis = redis
         self.bounds = bounds or Bounds()
         self._claim = redis.register_script(CLAIM_DUE)
-        self._record = redis.register_script(RECORD_ATTEMPT)
+        self._finish = redis.register_script(FINISH)
 
     async def register(self, subscription: str) -> None:
         """Note that `subscription` has delivery state, for readers that list every one."""
@@ -219,12 +193,20 @@ class Deliveries:
             for event_id, record in zip(ids, records, strict=True)
         ]
 
-    async def settle(self, subscription: str, event_id: str) -> None:
-        """The delivery is finished (sent or dead-lettered): forget its retry state."""
+    async def settle(
+        self, subscription: str, event_id: str, event: dict[str, Any] | None = None
+    ) -> bool:
+        """The delivery is finished (sent or dead-lettered): forget its retry state. With
+        the event: the next of its job waiting behind it (bridge.ordering) is due now (True).
+        """
+        if event is not None:
+            keys, args = finish_call(subscription, event)
+            return bool(await self._finish(keys=keys, args=args))
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(retry_key(subscription), event_id)
             pipe.delete(delivery_key(subscription, event_id))
             await pipe.execute()
+        return False
 
     async def retry_count(self, subscription: str | None = None) -> int:
         """Deliveries waiting for a retry: of one subscription, or of every known one."""
@@ -239,27 +221,23 @@ class Deliveries:
 
     async def dead_letter(
         self, subscription: str, event: dict[str, Any], attempts: int, reason: str
-    ) -> None:
-        """Keep an event that will not be delivered, with why, for `bounds.dead_letters`."""
-        await self.register(subscription)  # (another slot: not in the transaction below)
-        oldest = _ms(time.time() - self.bounds.dead_letters)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                dead_letters_key(subscription),
-                {
-                    "subscription": subscription,
-                    "event_id": event["id"],
-                    "reason": reason,
-                    "attempts": attempts,
-                    "failed_at": now_iso(),
-                    "event": json.dumps(event),
-                },
-                minid=oldest,
-                approximate=True,
-            )
-            pipe.zrem(retry_key(subscription), event["id"])
-            pipe.delete(delivery_key(subscription, event["id"]))
-            await pipe.execute()
+    ) -> bool:
+        """Keep an event that will not be delivered, with why, for `bounds.dead_letters`.
+        The next of its job waiting behind it (bridge.ordering) is due now (True)."""
+        await self.register(subscription)  # (another slot: not in the script below)
+        fields = {
+            "subscription": subscription,
+            "event_id": event["id"],
+            "reason": reason,
+            "attempts": attempts,
+            "failed_at": now_iso(),
+            "event": json.dumps(event),
+        }
+        oldest = f"{_ms(time.time() - self.bounds.dead_letters)}-0"
+        keys, args = finish_call(
+            subscription, event, [oldest, *(x for pair in fields.items() for x in pair)]
+        )
+        return bool(await self._finish(keys=keys, args=args))
 
     async def dead_letters(
         self, subscription: str | None = None, entry_id: str | None = None
@@ -348,37 +326,6 @@ class Deliveries:
 
     # -- attempt log ---------------------------------------------------------------------
 
-    async def record_attempt(
-        self, subscription: str, event_id: str, attempt: int, result: DeliveryResult
-    ) -> None:
-        record = {
-            "subscription": subscription,
-            "event_id": event_id,
-            "attempt": attempt,
-            "at": now_iso(),
-            "ok": int(result.ok),
-            "status": result.status if result.status is not None else "",
-            "duration_ms": round(result.duration_ms, 1),
-            "reason": result.reason,
-            "response": result.response_excerpt[:1024],
-        }
-        await self._record(
-            keys=[
-                attempts_key(subscription),
-                attempts_key(subscription, event_id),
-                health_key(subscription),
-            ],
-            args=[
-                json.dumps(record),
-                int(result.ok),
-                time.time(),
-                result.reason,
-                self.bounds.attempt_log,
-                ATTEMPTS_PER_EVENT,
-                int(self.bounds.attempts),
-            ],
-        )
-
     async def attempts_for_event(
         self, event_id: str, subscriptions: Iterable[str]
     ) -> list[dict[str, Any]]:
@@ -416,7 +363,8 @@ class Deliveries:
         )
 
     async def status(self, subscription: str) -> dict[str, Any]:
-        """Health, retries and dead letters of one subscription, for people to read."""
+        """Health, retries, parked events (ordering) and dead letters of one subscription,
+        for people to read."""
         health = await self.health(subscription)
         return {
             "enabled": health.enabled,
@@ -426,6 +374,7 @@ class Deliveries:
             "last_error": health.last_error or None,
             "failing_since": health.failing_since,
             "retrying": await self.retry_count(subscription),
+            "parked": int(await self.redis.hlen(parked_key(subscription))),
             "dead_letters": await self.dead_letter_count(subscription),
         }
 

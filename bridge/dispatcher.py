@@ -26,19 +26,19 @@ from redis.exceptions import RedisError
 from bridge.config import BridgeConfig, SubscriptionBase
 from bridge.deliveries import DAY, Bounds, Deliveries
 from bridge.keys import LEGACY_GROUP, group_name, store_key
-from bridge.lanes import (
-    DRAIN_SECONDS,
-    LOOP_GRACE,
-    RETRY_AFTER_MAX,
-    Lane,
-    matches,
-    repeat,
-    retry_delay,
+from bridge.lanes import DRAIN_SECONDS, LOOP_GRACE, RETRY_AFTER_MAX, Lane, matches, retry_delay
+from bridge.outbox import (
+    Decoded,
+    Trimmer,
+    Watch,
+    backlog,
+    create_group,
+    delete_group,
+    legacy_start,
 )
-from bridge.outbox import Trimmer, Watch, backlog, create_group, delete_group, legacy_start
 from bridge.sinks import DeliveryResult, Sink
 from bridge.store import event_from_outbox
-from bridge.tasks import Supervisor, describe
+from bridge.tasks import Supervisor, describe, repeat
 
 __all__ = ["RETRY_AFTER_MAX", "Dispatcher", "consumer_name", "replay_since", "retry_delay"]
 
@@ -89,6 +89,7 @@ class Dispatcher:
         self.stats: Counter[str] = Counter()  # outbox entries: routed, claimed, skipped
         self.counts: defaultdict[str, Counter[str]] = defaultdict(Counter)  # per subscription
         self.watch = Watch(redis, self.outbox_keys, block)
+        self.decoded = Decoded()  # shared by the lanes: each entry decoded once
         self.trimmer = Trimmer(
             redis,
             self.outbox_keys,
@@ -221,6 +222,7 @@ class Dispatcher:
             sink,
             self.deliveries,
             self.watch,
+            decoded=self.decoded,
             consumer=self.consumer,
             claim_idle=self.claim_idle,
             block=self.block,

@@ -18,6 +18,12 @@ The keys of one store share the hash tag `{<store>}`, the delivery state of one 
   jb:{sub:<name>}:attempts          stream  every attempt of the subscription (capped)
   jb:{sub:<name>}:attempts:<id>     list    every attempt of one event to it (capped)
   jb:{sub:<name>}:health            hash    disabled and why, failing since, last success
+  jb:{sub:<name>}:heads             hash    `ordering: job` (bridge.ordering): job -> the id
+                                            of its event in flight (attempted or retried)
+  jb:{sub:<name>}:parked            hash    every event waiting behind its job's head -> job
+  jb:{sub:<name>}:parked:<job>      zset    one job's waiting event ids, by sequence (each
+                                            event kept in delivery:<id>)
+  jb:{sub:<name>}:admitted          hash    outbox stream -> newest entry id admitted
   jb:lanes                          set     every subscription that ever had delivery state:
                                             readers merge its per-subscription keys
   jb:processes                      zset    process id -> last heartbeat (ms, Redis's clock)
@@ -89,6 +95,20 @@ def attempts_key(subscription: str, event_id: str | None = None) -> str:
     """The attempt log of a subscription, or of one event to it."""
     key = _sub_key(subscription, "attempts")
     return f"{key}:{event_id}" if event_id else key
+
+
+def heads_key(subscription: str) -> str:
+    return _sub_key(subscription, "heads")
+
+
+def parked_key(subscription: str, job: str | None = None) -> str:
+    """Every parked event of a subscription (a hash), or one job's (a sorted set)."""
+    key = _sub_key(subscription, "parked")
+    return f"{key}:{job}" if job else key
+
+
+def admitted_key(subscription: str) -> str:
+    return _sub_key(subscription, "admitted")
 
 
 def legacy_delivery_key(subscription: str, event_id: str) -> str:

@@ -1,4 +1,4 @@
-"""One subscription's way through the outbox: its consumer group, its slots, its retries.
+"""One subscription's way through the outbox: its consumer group, its workers, its retries.
 
 A lane reads every outbox stream through its subscription's own consumer group, so a slow,
 failing or disabled subscription holds back no other. An entry is acknowledged once its
@@ -6,6 +6,8 @@ delivery succeeded or was handed to the retry schedule or the dead-letter stream
 do not match the filter are acknowledged at once. Entries a lane holds (read or claimed, not
 yet acknowledged) are kept fresh with `XCLAIM ... JUSTID` every `claim_idle / 3`, so only
 the entries of a consumer that is really gone ever become idle long enough to be claimed.
+Under `ordering: job` each batch is admitted first (bridge.ordering): an entry whose job has
+an event in flight parks, and is acknowledged once parked.
 """
 
 from __future__ import annotations
@@ -16,20 +18,22 @@ import functools
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 
+from bridge.attemptlog import AttemptLog
 from bridge.config import SubscriptionBase, format_duration
 from bridge.deliveries import Deliveries, Health, PendingRetry
 from bridge.events import encode
 from bridge.keys import group_name
-from bridge.outbox import Watch, create_group, is_nogroup
+from bridge.ordering import JobOrder
+from bridge.outbox import Decoded, Watch, create_group, is_nogroup
 from bridge.sinks import DeliveryResult, Sink
-from bridge.store import event_from_outbox
-from bridge.tasks import Supervisor, describe, finish
+from bridge.tasks import Supervisor, describe, repeat
+from bridge.workers import Workers
 
 log = structlog.get_logger(__name__)
 
@@ -39,8 +43,10 @@ DRAIN_SECONDS = 10.0  # how long a stop waits for deliveries in flight
 ACK_EVERY = 0.05  # seconds between batched acknowledgements of handled outbox entries
 LOOP_GRACE = 5.0  # how long a stop waits for a lane's loops to end their step
 HEARTBEAT_BATCH = 500  # entry ids per XCLAIM heartbeat
+RETRY_EVERY = 1.0  # seconds between looks at the retry schedule (a release looks at once)
 
-Step = Callable[[], Awaitable[Any]]
+Entry = tuple[str, dict[str, str]]  # an outbox entry: its id and fields
+Wanted = tuple[str, dict[str, Any], bytes]  # an entry to deliver: id, event, body
 
 
 def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | None) -> float | None:
@@ -57,34 +63,10 @@ def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | No
 
 
 def matches(sub: SubscriptionBase, event: dict[str, Any]) -> bool:
+    if sub.filter.matches_all:
+        return True
     data = event["data"]
     return sub.filter.matches(data["store"], data["source"], data["job"]["type"], data["status"])
-
-
-async def repeat(stop: asyncio.Event, step: Step, pause: float) -> None:
-    """Run `step` until stopped; a step that returns True has more work and runs again.
-
-    A failed step is retried here with backoff; what escapes (not an Exception, or a stray
-    CancelledError) ends the loop, and its supervisor restarts it.
-    """
-    failures = 0
-    while not stop.is_set():
-        try:
-            more = await step()
-            failures = 0
-            wait = 0.0 if more is True else pause
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            failures += 1
-            wait = min(30.0, 0.5 * 2**failures)
-            name = getattr(step, "__name__", repr(step))
-            log.warning("dispatch_loop_failed", step=name, error=describe(exc), retry_in=wait)
-        if wait:
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=wait)
-            except TimeoutError:
-                pass
 
 
 class Lane:
@@ -99,6 +81,7 @@ class Lane:
         deliveries: Deliveries,
         watch: Watch,
         *,
+        decoded: Decoded | None = None,
         consumer: str,
         claim_idle: float,
         block: float,
@@ -114,7 +97,10 @@ class Lane:
         self.sink = sink
         self.deliveries = deliveries
         self.watch = watch
+        self.decoded = decoded or Decoded()
         self.group = group_name(sub.name)
+        self.attempts = AttemptLog(redis, sub.name, deliveries.bounds)
+        self.order = JobOrder(redis, sub.name, self.group) if sub.ordering == "job" else None
         self.consumer = consumer
         self.claim_idle = claim_idle
         self.block = block
@@ -122,16 +108,21 @@ class Lane:
         self.counts = counts  # deliveries: delivered, failed_attempts, ...
         self.stats = stats  # outbox entries: routed, claimed, skipped
         self.on_attempt = on_attempt  # hears every attempt's result (metrics)
-        concurrency = sink.concurrency(sub.concurrency)
-        self.slots = asyncio.Semaphore(concurrency)
-        # Entries read ahead of a free slot: enough to keep the slots busy, bounded.
-        self.window = concurrency + batch
+        # Deliveries in flight at once: each worker sends one after another while any wait.
+        self.concurrency = sink.concurrency(sub.concurrency)
+        # Entries read ahead of a free worker: enough to keep the workers busy, bounded.
+        self.window = self.concurrency + batch
+        # Read again once this few are left: every read takes at least half a batch, and the
+        # workers still have work meanwhile (a read per finished delivery costs more than it).
+        self.refill = self.concurrency + batch // 2
         self.held: defaultdict[str, set[str]] = defaultdict(set)  # read, not acknowledged
         self._acks: defaultdict[str, list[str]] = defaultdict(list)
-        self._tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
+        self.workers = Workers(self.concurrency, self._delivery_failed, self._room.set)
+        self._due = asyncio.Event()  # a retry became due now (a release): look at once
         self._wake: asyncio.Event | None = None
         self._health: tuple[float, Health] | None = None
+        self._health_read: asyncio.Future[Health] | None = None  # the one read in flight
         self.stop = asyncio.Event()  # this lane's own: set by a global stop or by its removal
         self.supervisor = Supervisor()
 
@@ -153,7 +144,7 @@ class Lane:
             for name, step, pause in (
                 ("consume", self._consume_once, 0.0),
                 ("ack", self._flush_acks, ACK_EVERY),
-                ("retry", self._retry_once, 1.0),
+                ("retry", self._retry_once, 0.0),
                 ("heartbeat", self._heartbeat_once, self.claim_idle / 3),
                 ("claim", self._claim_once, self.claim_idle / 2),
             ):
@@ -161,6 +152,7 @@ class Lane:
                 self.supervisor.start(f"lane:{self.name}:{name}", loop, stop)
             await stop.wait()
             stopped = True
+            self._due.set()  # the retry loop's wait ends
         finally:
             # Stopped: let loops end their step and deliveries finish. Cancelled or crashed:
             # end now; unacknowledged entries are taken again by the next run, or claimed.
@@ -169,7 +161,8 @@ class Lane:
             if stopped:  # what was emitted before the stop is delivered within the drain too
                 with contextlib.suppress(Exception):
                     await self._read_new()
-            await finish(set(self._tasks), grace=DRAIN_SECONDS if stopped else 0)
+            await self.workers.finish(grace=DRAIN_SECONDS if stopped else 0)
+            await self.attempts.close(grace=LOOP_GRACE)
             with contextlib.suppress(Exception):  # what was delivered is not sent again
                 await self._flush_acks()
             self.held.clear()
@@ -181,9 +174,7 @@ class Lane:
         """Entries this consumer read before (a lane restarted in this process) go first."""
         replies = await self._read({key: "0" for key in self.outbox_keys}, self.window)
         for key, entries in replies:
-            for entry_id, fields in entries:
-                if fields:
-                    self._take(key, entry_id, fields)
+            await self._handle(key, [entry for entry in entries if entry[1]], fresh=False)
 
     # -- the outbox ----------------------------------------------------------------------
 
@@ -222,66 +213,99 @@ class Lane:
 
     async def _read_new(self) -> int:
         """Read new entries, as many as there is room for; how many were taken."""
-        room = min(self.window - len(self._tasks), self.batch)
+        room = min(self.window - len(self.workers), self.batch)
         replies = await self._read({key: ">" for key in self.outbox_keys}, room)
         taken = 0
         for key, entries in replies:
-            for entry_id, fields in entries:
-                self._take(key, entry_id, fields)
-                taken += 1
+            await self._handle(key, entries, fresh=True)
+            taken += len(entries)
         return taken
 
     async def _has_room(self) -> bool:
-        """True when another delivery may start; else wait until one ends (False)."""
-        if len(self._tasks) < self.window:
+        """True when more deliveries may start; else wait until one ends (False)."""
+        if len(self.workers) < self.refill:
             return True
         self._room.clear()
         await self._room.wait()
         return False
 
-    def _take(self, key: str, entry_id: str, fields: dict[str, str]) -> None:
-        """An entry now in this lane's hands: acknowledged at once, or delivered."""
-        self.held[key].add(entry_id)
-        try:
-            event = event_from_outbox(fields)
-        except (KeyError, ValueError) as exc:
-            # Unreadable entries would come back forever: acknowledge, and say so loudly.
-            log.error("outbox_entry_invalid", stream=key, entry_id=entry_id, error=repr(exc))
-            self.stats["invalid_entries"] += 1
-            self._acks[key].append(entry_id)
+    async def _handle(self, key: str, entries: list[Entry], *, fresh: bool) -> None:
+        """Entries now in this lane's hands: delivered, parked, or acknowledged at once.
+        `fresh`: just read as new (not claimed, not read again), so in outbox order."""
+        if not entries:
             return
-        if not matches(self.sub, event):
-            self.stats["skipped"] += 1
-            self._acks[key].append(entry_id)
-            return
-        self.stats["routed"] += 1
-        self._spawn(self._deliver_entry(key, entry_id, event), key, entry_id)
+        wanted: list[Wanted] | None = self._sort(key, entries)
+        if self.order is not None and wanted:
+            admitted = None
+            try:
+                wanted = admitted = await self._admit(key, entries, wanted, fresh)
+            finally:
+                if admitted is None:  # not kept fresh any more: claimed and handled later
+                    self.held[key].difference_update(entry_id for entry_id, _ in entries)
+        for entry_id, event, body in wanted or ():
+            work = functools.partial(self._deliver_entry, key, entry_id, event, body)
+            self.workers.submit(work, (key, entry_id))
 
-    def _spawn(self, work: Awaitable[None], key: str = "", entry_id: str = "") -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._task_done, key=key, entry_id=entry_id))
+    def _sort(self, key: str, entries: list[Entry]) -> list[Wanted]:
+        """The entries to deliver; the others are acknowledged."""
+        wanted: list[Wanted] = []
+        for entry_id, fields in entries:
+            self.held[key].add(entry_id)
+            try:
+                event, body = self.decoded.get(key, entry_id, fields)
+            except (KeyError, ValueError) as exc:
+                # Unreadable entries would come back forever: acknowledge, and say so loudly.
+                log.error("outbox_entry_invalid", stream=key, entry_id=entry_id, error=repr(exc))
+                self.stats["invalid_entries"] += 1
+                self._acks[key].append(entry_id)
+                continue
+            if not matches(self.sub, event):
+                self.stats["skipped"] += 1
+                self._acks[key].append(entry_id)
+                continue
+            self.stats["routed"] += 1
+            wanted.append((entry_id, event, body))
+        return wanted
 
-    def _task_done(self, task: asyncio.Task[None], key: str, entry_id: str) -> None:
-        self._tasks.discard(task)
-        self._room.set()
-        error = None if task.cancelled() else task.exception()
-        if task.cancelled() or error is not None:
-            if entry_id:
-                # Not acknowledged and no longer kept fresh: claimed and handled again later.
-                self.held[key].discard(entry_id)
-            if error is not None:
-                log.warning("outbox_entry_failed", subscription=self.name, error=describe(error))
+    async def _admit(
+        self, key: str, entries: list[Entry], wanted: list[Wanted], fresh: bool
+    ) -> list[Wanted] | None:
+        """Those of `wanted` that are their job's head; the others parked and are
+        acknowledged. None when the lane stopped while an older batch was not yet admitted."""
+        assert self.order is not None
+        if fresh and not await self.order.wait_turn(key, entries[0][0], self.stop):
+            return None
+        heads = await self.order.admit(key, [(e, b) for _, e, b in wanted], entries[-1][0])
+        parked = [w[0] for w, head in zip(wanted, heads, strict=True) if not head]
+        self._acks[key] += parked
+        self.stats["parked"] += len(parked)
+        return [w for w, head in zip(wanted, heads, strict=True) if head]
 
-    async def _deliver_entry(self, key: str, entry_id: str, event: dict[str, Any]) -> None:
+    def _delivery_failed(self, tag: tuple[str, str] | None, error: BaseException) -> None:
+        if tag is not None:  # not acknowledged, no longer kept fresh: claimed and sent later
+            key, entry_id = tag
+            self.held[key].discard(entry_id)
+        if isinstance(error, Exception):
+            log.warning("outbox_entry_failed", subscription=self.name, error=describe(error))
+
+    async def _deliver_entry(
+        self, key: str, entry_id: str, event: dict[str, Any], body: bytes
+    ) -> None:
         health = await self._cached_health()
         if not health.enabled:
-            reason = f"subscription disabled: {health.disabled_reason}"
-            await self.deliveries.dead_letter(self.name, event, 0, reason)
-            self.counts["dead_lettered"] += 1
+            await self._dead_letter(event, 0, f"subscription disabled: {health.disabled_reason}")
+            self._acks[key].append(entry_id)
+            return
+        recorded = await self.attempt(event, body, attempt=1)
+        recorded.add_done_callback(functools.partial(self._acknowledge, key, entry_id))
+
+    def _acknowledge(self, key: str, entry_id: str, recorded: asyncio.Future[None]) -> None:
+        """The entry's attempt is in the attempt log: the entry may go. Not written: the
+        entry is no longer kept fresh, so it is claimed and delivered again later."""
+        if recorded.cancelled() or recorded.exception() is not None:
+            self.held[key].discard(entry_id)
         else:
-            await self.attempt(event, encode(event), attempt=1)
-        self._acks[key].append(entry_id)
+            self._acks[key].append(entry_id)
 
     async def _flush_acks(self) -> None:
         for key in list(self._acks):
@@ -306,17 +330,18 @@ class Lane:
         """Take over entries a consumer that is gone read but never acknowledged."""
         for key in self.outbox_keys:
             cursor = "0-0"
-            while len(self._tasks) < self.window:
+            while len(self.workers) < self.window:
                 try:
                     reply = await self.redis.xautoclaim(
                         key, self.group, self.consumer, int(self.claim_idle * 1000), cursor,
-                        count=max(1, min(100, self.window - len(self._tasks))),
+                        count=max(1, min(100, self.window - len(self.workers))),
                     )  # fmt: skip
                 except Exception as exc:
                     if not is_nogroup(exc):
                         raise
                     break
                 cursor, entries = reply[0], reply[1]
+                taken: list[Entry] = []
                 for entry_id, fields in entries:
                     if entry_id in self.held[key]:
                         continue  # ours, in hand (a heartbeat came late)
@@ -324,21 +349,27 @@ class Lane:
                         await self.redis.xack(key, self.group, entry_id)
                         continue
                     self.stats["claimed"] += 1
-                    self._take(key, entry_id, fields)
+                    taken.append((entry_id, fields))
+                await self._handle(key, taken, fresh=False)
                 if cursor == "0-0":
                     break
 
     # -- retries -------------------------------------------------------------------------
 
     async def _retry_once(self) -> bool:
-        """Start the due retries, as many as there is room for. True when more may be due."""
+        """Start the due retries, as many as there is room for; when that was all of them,
+        wait for the next look (RETRY_EVERY, or a release)."""
         if not await self._has_room():
             return True
-        room = min(self.batch, self.window - len(self._tasks))
+        self._due.clear()
+        room = min(self.batch, self.window - len(self.workers))
         due = await self.deliveries.claim_due(self.name, limit=room)
         for pending in due:
-            self._spawn(self._retry(pending))
-        return len(due) == room
+            self.workers.submit(functools.partial(self._retry, pending))
+        if len(due) < room:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), RETRY_EVERY)
+        return True
 
     async def _retry(self, pending: PendingRetry) -> None:
         if pending.event is None:
@@ -346,11 +377,8 @@ class Lane:
             return
         health = await self._cached_health()
         if not health.enabled:
-            await self.deliveries.dead_letter(
-                self.name, pending.event, pending.attempts,
-                f"subscription disabled: {health.disabled_reason}",
-            )  # fmt: skip
-            self.counts["dead_lettered"] += 1
+            reason = f"subscription disabled: {health.disabled_reason}"
+            await self._dead_letter(pending.event, pending.attempts, reason)
             return
         await self.attempt(
             pending.event, encode(pending.event), pending.attempts + 1, scheduled=True
@@ -360,43 +388,56 @@ class Lane:
 
     async def attempt(
         self, event: dict[str, Any], body: bytes, attempt: int, *, scheduled: bool = False
-    ) -> DeliveryResult:
-        """Deliver once; then record it and decide: done, retry later, or dead-letter.
+    ) -> asyncio.Future[None]:
+        """Deliver once; then decide: done, retry later, or dead-letter. The future returned
+        is done once the attempt is in the attempt log: a first attempt that succeeded does
+        not wait for that (its outbox entry is acknowledged only then); every other outcome
+        is acted on only once it is recorded.
 
         `scheduled`: the delivery came off the retry schedule (a retry or a replay), whose
         entry must be cleared once it is done.
         """
-        async with self.slots:
-            started = time.perf_counter()
-            try:
-                result = await self.sink.deliver(event, body)
-            except Exception as exc:  # a sink bug must not stop the lane
-                result = DeliveryResult(
-                    ok=False,
-                    reason=f"sink error: {type(exc).__name__}",
-                    duration_ms=(time.perf_counter() - started) * 1000,
-                )
-                log.exception("sink_failed", subscription=self.name, event_id=event["id"])
-        await self.deliveries.record_attempt(self.name, event["id"], attempt, result)
+        started = time.perf_counter()
+        try:
+            result = await self.sink.deliver(event, body)
+        except Exception as exc:  # a sink bug must not stop the lane
+            result = DeliveryResult(
+                ok=False,
+                reason=f"sink error: {type(exc).__name__}",
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+            log.exception("sink_failed", subscription=self.name, event_id=event["id"])
+        recorded = self.attempts.add(event["id"], attempt, result)
         if self.on_attempt is not None:
             self.on_attempt(self.name, result)
-        bound = log.bind(subscription=self.name, event_id=event["id"], attempt=attempt)
         if result.ok:
             self.counts["delivered"] += 1
             if scheduled:
-                await self.deliveries.settle(self.name, event["id"])
-            bound.debug("delivery_succeeded", status=result.status)
-            return result
+                await asyncio.shield(recorded)
+                released = await self.deliveries.settle(self.name, event["id"], event)
+            else:
+                released = self.order is not None and await self.order.release(event)
+            if released:
+                self._due.set()
+            return recorded
+        await asyncio.shield(recorded)
         self.counts["failed_attempts"] += 1
-        reason = await self._after_failure(event, attempt, result, bound)
+        reason = await self._after_failure(event, attempt, result)
         if reason is not None:
-            await self.deliveries.dead_letter(self.name, event, attempt, reason)
-            self.counts["dead_lettered"] += 1
-            bound.warning("delivery_dead_lettered", reason=reason)
-        return result
+            await self._dead_letter(event, attempt, reason)
+            log.warning(
+                "delivery_dead_lettered",
+                subscription=self.name, event_id=event["id"], attempt=attempt, reason=reason,
+            )  # fmt: skip
+        return recorded
+
+    async def _dead_letter(self, event: dict[str, Any], attempts: int, reason: str) -> None:
+        if await self.deliveries.dead_letter(self.name, event, attempts, reason):
+            self._due.set()  # the next event of its job (ordering) is due now
+        self.counts["dead_lettered"] += 1
 
     async def _after_failure(
-        self, event: dict[str, Any], attempt: int, result: DeliveryResult, bound: Any
+        self, event: dict[str, Any], attempt: int, result: DeliveryResult
     ) -> str | None:
         """Retry later (None), or the reason to dead-letter now."""
         reason = result.reason or "delivery failed"
@@ -416,16 +457,27 @@ class Lane:
             return f"gave up after {attempt} attempts: {reason}"
         await self.deliveries.schedule_retry(self.name, event, attempt, time.time() + delay)
         self.counts["retries_scheduled"] += 1
-        bound.info("delivery_failed", reason=reason, retry_in=round(delay, 2))
+        log.info(
+            "delivery_failed",
+            subscription=self.name, event_id=event["id"], attempt=attempt, reason=reason,
+            retry_in=round(delay, 2),
+        )  # fmt: skip
         return None
 
     async def _disable(self, reason: str) -> None:
         await self.deliveries.disable(self.name, reason)
-        self._health = None
+        self._health = self._health_read = None
         log.error("subscription_disabled", subscription=self.name, reason=reason)
 
     async def _cached_health(self) -> Health:
-        now = time.monotonic()
-        if self._health is None or now - self._health[0] > HEALTH_CACHE_SECONDS:
-            self._health = (now, await self.deliveries.health(self.name))
-        return self._health[1]
+        """The subscription's health, read at most once per HEALTH_CACHE_SECONDS: the
+        deliveries that start meanwhile share one read."""
+        if self._health is not None and time.monotonic() - self._health[0] <= HEALTH_CACHE_SECONDS:
+            return self._health[1]
+        if self._health_read is None or self._health_read.done():
+            self._health_read = asyncio.ensure_future(self.deliveries.health(self.name))
+        read = self._health_read
+        health = await asyncio.shield(read)
+        if read is self._health_read:  # (not one from before a change of health)
+            self._health = (time.monotonic(), health)
+        return health

@@ -31,6 +31,10 @@ HEALTH_PROPERTIES: dict[str, Schema] = {
     "last_error": NULLABLE_STRING,
     "failing_since": TIMESTAMP,
     "retrying": {"type": "integer"},
+    "parked": {
+        "type": "integer",
+        "description": "events waiting behind an earlier one of their job (ordering: job)",
+    },
     "dead_letters": {"type": "integer"},
 }
 

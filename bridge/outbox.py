@@ -21,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from bridge.config import SubscriptionBase
 from bridge.deliveries import Deliveries
+from bridge.events import encode
 from bridge.keys import LEGACY_GROUP, group_name, subscription_of, trim_lease_key
 from bridge.store import event_from_outbox
 
@@ -28,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 LAG_CAP = 100_000  # counting further than this (Redis < 7 has no `lag`) costs more than it tells
 OVERFLOW_BATCH = 500  # entries dead-lettered and trimmed per round trip past the hard cap
+DECODED_MAX = 2048  # outbox entries whose event and body a process keeps decoded
 
 
 def is_nogroup(exc: BaseException) -> bool:
@@ -137,6 +139,28 @@ async def legacy_start(redis: aioredis.Redis, key: str) -> str | None:
         return str(info["last-delivered-id"])
     before = await redis.xrevrange(key, max=f"({oldest}", count=1)
     return before[0][0] if before else "0"
+
+
+class Decoded:
+    """Outbox entries as events and the bytes to send, decoded once per process: every lane
+    reads the same entries at about the same time, and decoding and encoding are, after the
+    sending itself, the costliest steps of a delivery. The events are shared: read-only."""
+
+    def __init__(self, size: int = DECODED_MAX) -> None:
+        self.size = size
+        self._entries: dict[tuple[str, str], tuple[dict[str, Any], bytes]] = {}
+
+    def get(self, key: str, entry_id: str, fields: dict[str, str]) -> tuple[dict[str, Any], bytes]:
+        """The event of entry `entry_id` of stream `key`, and its body; raises KeyError or
+        ValueError for an unreadable entry."""
+        found = self._entries.get((key, entry_id))
+        if found is None:
+            event = event_from_outbox(fields)
+            found = (event, encode(event))
+            if len(self._entries) >= self.size:  # the oldest goes (dicts keep insertion order)
+                del self._entries[next(iter(self._entries))]
+            self._entries[(key, entry_id)] = found
+        return found
 
 
 class Watch:

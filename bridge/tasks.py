@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -24,6 +25,7 @@ BACKOFF_MAX = 30.0  # the backoff doubles with each death in a row, up to this
 HEALTHY_AFTER = 60.0  # a loop that ran this long before it died starts from BACKOFF_FIRST again
 
 Loop = Callable[[asyncio.Event], Awaitable[None]]
+Step = Callable[[], Awaitable[Any]]
 
 
 class LoopEnded(RuntimeError):
@@ -196,3 +198,29 @@ async def finish(tasks: Iterable[asyncio.Task[None]], grace: float) -> None:
                 error_type=type(error).__name__,
                 exc_info=error,
             )
+
+
+async def repeat(stop: asyncio.Event, step: Step, pause: float) -> None:
+    """Run `step` until stopped; a step that returns True has more work and runs again.
+
+    A failed step is retried here with backoff; what escapes (not an Exception, or a stray
+    CancelledError) ends the loop, and its supervisor restarts it.
+    """
+    failures = 0
+    while not stop.is_set():
+        try:
+            more = await step()
+            failures = 0
+            wait = 0.0 if more is True else pause
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures += 1
+            wait = min(30.0, 0.5 * 2**failures)
+            name = getattr(step, "__name__", repr(step))
+            log.warning("dispatch_loop_failed", step=name, error=describe(exc), retry_in=wait)
+        if wait:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            except TimeoutError:
+                pass

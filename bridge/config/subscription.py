@@ -5,6 +5,8 @@ Each sink module defines its own subscription model on this base (bridge.sinks.r
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from bridge.config.types import (
@@ -35,6 +37,16 @@ class Filter(Model):
             raise ValueError("must not be empty (leave the key out to match everything)")
         return value
 
+    @property
+    def matches_all(self) -> bool:
+        """No key given: every event matches (checked first, per event)."""
+        return (
+            self.stores is None
+            and self.sources is None
+            and self.job_types is None
+            and self.statuses is None
+        )
+
     def matches(self, store: str, source: str, job_type: str, status: str) -> bool:
         return all(
             allowed is None or value in allowed
@@ -57,6 +69,8 @@ class SubscriptionBase(Model):
     timeout: PositiveDuration = DEFAULT_TIMEOUT
     disable_after: PositiveDuration = 5 * DAY
     concurrency: int = Field(10, ge=1, le=100)
+    # job: the events of one job arrive in `sequence` order (bridge.ordering); none: as they come
+    ordering: Literal["none", "job"] = "none"
     enabled: bool = True
 
     @field_validator("retry_schedule")
