@@ -34,37 +34,43 @@ class Workers:
         self._failed = failed
         self._ended = ended
         self._queue: deque[tuple[Work, Any]] = deque()
-        self._running: set[asyncio.Task[None]] = set()
+        self._busy = 0  # workers that have not yet found the queue empty
+        self._active = 0  # items under way
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         """Items under way or waiting for a worker."""
-        return len(self._queue) + len(self._running)
+        return len(self._queue) + self._active
 
     def submit(self, work: Work, tag: Any = None) -> None:
         self._queue.append((work, tag))
-        if len(self._running) < self.size:
+        if self._busy < self.size:
+            self._busy += 1
             worker = asyncio.ensure_future(self._work())
-            self._running.add(worker)
-            worker.add_done_callback(self._worker_done)
+            self._tasks.add(worker)
+            worker.add_done_callback(self._tasks.discard)
 
     async def finish(self, grace: float) -> None:
         """Let the workers run what is queued for up to `grace` seconds; then cancel them.
         What never started is dropped."""
-        await finish(set(self._running), grace=grace)
+        await finish(set(self._tasks), grace=grace)
         self._queue.clear()
 
-    def _worker_done(self, worker: asyncio.Task[None]) -> None:
-        self._running.discard(worker)
-        self._ended()
-
     async def _work(self) -> None:
-        while self._queue:
-            work, tag = self._queue.popleft()
-            try:
-                await work()
-            except BaseException as exc:
-                self._failed(tag, exc)
-                if not isinstance(exc, Exception):
-                    raise
-            finally:
-                self._ended()
+        try:
+            while self._queue:
+                work, tag = self._queue.popleft()
+                self._active += 1
+                try:
+                    await work()
+                except BaseException as exc:
+                    self._failed(tag, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                finally:
+                    self._active -= 1
+                    self._ended()
+        finally:
+            # In the step that found the queue empty: work submitted from now on gets a
+            # worker of its own.
+            self._busy -= 1
