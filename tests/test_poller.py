@@ -8,19 +8,11 @@ from collections import Counter
 
 import pytest
 from helpers import eventually
+from pollkit import events, make_poller, transitions
 
-from bridge.elasticpath import ElasticPathClient, TransientError
-from bridge.poller import Poller, PollSettings
+from bridge.elasticpath import TransientError
+from bridge.poller import PollSettings
 from bridge.simulator import Simulator, make_app
-from bridge.store import Store, event_from_outbox
-
-FAST = PollSettings(
-    poll_interval=0.05,
-    idle_poll_interval=0.1,
-    stall_after=3600,
-    full_scan_interval=3600,
-    page_limit=100,
-)
 
 
 @pytest.fixture
@@ -28,24 +20,6 @@ async def sim_url(aiohttp_server):
     sim = Simulator(seed=7)
     server = await aiohttp_server(make_app(sim))
     return sim, str(server.make_url("")).rstrip("/")
-
-
-def make_poller(base, redis, settings=FAST, source="pcm", store="s") -> Poller:
-    client = ElasticPathClient(
-        base, "sim-client", "sim-secret", max_requests_per_second=1000, backoff_base=0.001
-    )
-    return Poller(client, Store(redis, store), source, settings)
-
-
-async def events(store: Store) -> list[dict]:
-    return [event_from_outbox(f) for _i, f in await store.redis.xrange(store.events_key)]
-
-
-async def transitions(store: Store) -> list[tuple[str, str | None, str]]:
-    return [
-        (e["subject"], e["data"]["previous_status"], e["data"]["status"])
-        for e in await events(store)
-    ]
 
 
 async def test_baseline_is_silent_then_changes_emit(sim_url, redis_client):
