@@ -178,7 +178,7 @@ class Job:
 
 
 def _job_id(record: Any) -> str | None:
-    # Printable: no control character (the store frames jobs with two of them, see OBSERVE).
+    # Printable: no control character (the store frames jobs with two: bridge.storelua.OBSERVE).
     job_id = record.get("id") if isinstance(record, dict) else None
     if isinstance(job_id, str) and job_id and job_id.isprintable():
         return job_id
