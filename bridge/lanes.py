@@ -107,6 +107,7 @@ class Lane:
         self.batch = batch
         self.counts = counts  # deliveries: delivered, failed_attempts, ...
         self.stats = stats  # outbox entries: routed, claimed, skipped
+        self.claimed_through = 0.0  # monotonic start of the last complete claim pass
         self.on_attempt = on_attempt  # hears every attempt's result (metrics)
         # Deliveries in flight at once: each worker sends one after another while any wait.
         self.concurrency = sink.concurrency(sub.concurrency)
@@ -328,6 +329,7 @@ class Lane:
 
     async def _claim_once(self) -> None:
         """Take over entries a consumer that is gone read but never acknowledged."""
+        started = time.monotonic()
         for key in self.outbox_keys:
             cursor = "0-0"
             while len(self.workers) < self.window:
@@ -353,6 +355,7 @@ class Lane:
                 await self._handle(key, taken, fresh=False)
                 if cursor == "0-0":
                     break
+        self.claimed_through = started  # every entry idle past claim_idle by then was seen
 
     # -- retries -------------------------------------------------------------------------
 

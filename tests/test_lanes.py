@@ -6,7 +6,6 @@ Real Redis, real webhook receivers, events written by the real observe script.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import time
@@ -26,6 +25,7 @@ from lanes_harness import (
 from structlog.testing import capture_logs
 
 from bridge.deliveries import Deliveries
+from bridge.dispatcher import Dispatcher
 from bridge.keys import group_name
 from bridge.store import Store, event_from_outbox
 
@@ -36,6 +36,14 @@ def delivered_all(target: Endpoint, ids: list[str]) -> bool:
 
 async def group_names(redis: aioredis.Redis) -> set[str]:
     return {g["name"] for g in await redis.xinfo_groups(Store(redis, STORE).events_key)}
+
+
+async def claim_pass_after(found: Dispatcher, lane: str, moment: float) -> None:
+    """Until a claim pass of `lane` that began after `moment` has completed: the fence for
+    "nothing was claimed", instead of a sleep."""
+    await eventually(
+        lambda: found.lanes[lane].claimed_through > moment, 15, f"a claim pass of {lane}"
+    )
 
 
 async def test_a_slow_subscription_neither_slows_nor_duplicates_a_fast_one(
@@ -53,7 +61,7 @@ async def test_a_slow_subscription_neither_slows_nor_duplicates_a_fast_one(
         await eventually(lambda: delivered_all(fast, ids), 5, "the fast deliveries")
         fast_done = time.monotonic() - emitted
         await eventually(lambda: delivered_all(slow, ids), 20, "the slow deliveries")
-        await asyncio.sleep(3.5)  # past claim_idle once more: nothing is sent again
+        await claim_pass_after(found, "slow", time.monotonic() + 3.0)  # nothing sent again
     assert fast_done < 1.0  # not 8 x 1 s
     assert fast.counts() == dict.fromkeys(ids, 1)
     assert slow.counts() == dict.fromkeys(ids, 1)
@@ -78,7 +86,8 @@ async def test_a_black_holed_subscription_leaves_a_healthy_one_at_its_latency(
             [eid] = await emit(redis_client)
             await eventually(lambda e=eid: e in healthy.arrivals, 5, "a healthy delivery")
             latencies.append(healthy.arrivals[eid][0] - sent)
-        await asyncio.sleep(3.5)  # past claim_idle: the black hole's entries are not claimed
+        # A claim pass that began past claim_idle: the black hole's entries are not claimed.
+        await claim_pass_after(found, "hole", time.monotonic() + 3.0)
         backlog = await found.backlog("hole")
         ids += [eid for eid in healthy.arrivals if eid not in ids]
     assert healthy.counts() == dict.fromkeys(ids, 1)
