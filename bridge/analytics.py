@@ -57,8 +57,8 @@ def newly_finished(jobs: Iterable[tuple[Job, str, str | None]]) -> list[Job]:
     ]
 
 
-def _field(job: Job, name: str) -> str:
-    return f"{job.source}|{job.type.replace('|', '/')}|{name}"
+def _field(source: str, job_type: str, name: str) -> str:
+    return f"{source}|{job_type.replace('|', '/')}|{name}"
 
 
 class JobAnalytics:
@@ -80,16 +80,25 @@ class JobAnalytics:
         key = self.key(int((time.time() if at is None else at) // 60))
         measured = [(job, *durations(job)) for job in jobs]
         # Summed here first: a batch of similar jobs costs a few commands, not a few per job.
-        counts: Counter[str] = Counter()
-        sums: defaultdict[str, float] = defaultdict(float)
+        # Keyed by tuples while counting, spelt as hash fields once per distinct field.
+        statuses: Counter[tuple[str, str, str]] = Counter()
+        buckets: Counter[tuple[str, str, str, int]] = Counter()
+        seconds_by: defaultdict[tuple[str, str, str], float] = defaultdict(float)
         for job, wait, run in measured:
-            counts[_field(job, job.status)] += 1
-            for phase, seconds in (("run", run), ("wait", wait)):
-                if seconds is not None:
-                    bucket = bisect.bisect_left(BOUNDS, seconds)
-                    counts[_field(job, f"{phase}_n")] += 1
-                    counts[_field(job, f"{phase}_b{bucket}")] += 1
-                    sums[_field(job, f"{phase}_sum")] += seconds
+            statuses[job.source, job.type, job.status] += 1
+            if run is not None:
+                buckets[job.source, job.type, "run", bisect.bisect_left(BOUNDS, run)] += 1
+                seconds_by[job.source, job.type, "run"] += run
+            if wait is not None:
+                buckets[job.source, job.type, "wait", bisect.bisect_left(BOUNDS, wait)] += 1
+                seconds_by[job.source, job.type, "wait"] += wait
+        counts: Counter[str] = Counter()
+        for (source, job_type, status), count in statuses.items():
+            counts[_field(source, job_type, status)] += count
+        for (source, job_type, phase, bucket), count in buckets.items():
+            counts[_field(source, job_type, f"{phase}_n")] += count
+            counts[_field(source, job_type, f"{phase}_b{bucket}")] += count
+        sums = {_field(s, t, f"{phase}_sum"): total for (s, t, phase), total in seconds_by.items()}
         async with self.redis.pipeline(transaction=False) as pipe:
             for name, count in counts.items():
                 pipe.hincrby(key, name, count)

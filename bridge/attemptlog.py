@@ -8,13 +8,13 @@ written LINGER after its first attempt (or after the batch before it), in one sc
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 
+from bridge import jsoncodec
 from bridge.deliveries import ATTEMPTS_PER_EVENT, Bounds
 from bridge.keys import attempts_key, health_key
 from bridge.sinks import DeliveryResult
@@ -91,7 +91,7 @@ class AttemptLog:
         self.bounds = bounds
         self._script = redis.register_script(RECORD_ATTEMPTS)
         self._keys: list[str] = []  # the next batch: each attempt's event log ...
-        self._args: list[str] = []  # ... and its outcome ('1' ok) and record
+        self._args: list[bytes] = []  # ... and its outcome ('1' ok) and record
         self._written: asyncio.Future[None] | None = None  # resolved once the next batch is
         self._writer: asyncio.Task[None] | None = None
         self._second = (0, "")  # the current second, formatted
@@ -107,9 +107,9 @@ class AttemptLog:
     def add(self, event_id: str, attempt: int, result: DeliveryResult) -> asyncio.Future[None]:
         """Record one attempt: the future is done once it is written (or failed to be).
         Await it shielded: the batch is shared, a cancelled waiter must not cancel it."""
-        record = json.dumps(_record(self.subscription, event_id, attempt, result, self._now()))
+        record = jsoncodec.dumps(_record(self.subscription, event_id, attempt, result, self._now()))
         self._keys.append(attempts_key(self.subscription, event_id))
-        self._args.append(("1" if result.ok else "0") + record)
+        self._args.append((b"1" if result.ok else b"0") + record)
         if self._written is None:
             self._written = asyncio.get_running_loop().create_future()
             self._written.add_done_callback(_retrieve)
@@ -141,7 +141,7 @@ class AttemptLog:
             else:
                 written.set_result(None)
 
-    async def _write(self, event_logs: list[str], attempts: list[str]) -> None:
+    async def _write(self, event_logs: list[str], attempts: list[bytes]) -> None:
         bounds = self.bounds
         await self._script(
             keys=[attempts_key(self.subscription), health_key(self.subscription), *event_logs],

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from typing import Any
 
+from bridge import jsoncodec
 from bridge.jobs import JobStatus
 
 # Fixed namespace: every replica of the bridge derives the same id for the same transition.
@@ -80,4 +80,4 @@ def build_event(
 
 def encode(event: dict[str, Any]) -> bytes:
     """The exact bytes that are sent and signed."""
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    return jsoncodec.dumps(event)

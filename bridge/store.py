@@ -22,6 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from bridge import jsoncodec
 from bridge.analytics import JobAnalytics, newly_finished
 from bridge.events import build_event, event_id, stalled_event_id
 from bridge.jobs import TERMINAL, Job, format_timestamp, now_iso
@@ -31,6 +32,7 @@ from bridge.storelua import FORGET, OBSERVE, STALL
 # Jobs per observe script call (a page of the API at most): a call holds Redis for about
 # 10 us per job, and a bigger batch is sent as several calls in a row.
 OBSERVE_BATCH = 100
+ROWS_STEP = 10  # jobs
 
 
 DAY = 86_400.0
@@ -168,14 +170,12 @@ class Store:
                 batch = list(group)
                 for at in range(0, len(batch), OBSERVE_BATCH):
                     chunk = batch[at : at + OBSERVE_BATCH]
-                    # Built while Redis runs the batch before: the two processes overlap.
-                    jobs = "".join([self._observe_row(obs) for obs in chunk])
+                    jobs = await self._rows(chunk)  # while Redis runs the batch before
                     if sent is not None:
                         outcomes += await sent
                     sent = asyncio.ensure_future(
                         self._observe_batch(source, [*header, source, jobs], len(chunk))
                     )
-                    await asyncio.sleep(0)  # let it send its request
             if sent is not None:
                 outcomes += await sent
         finally:
@@ -188,6 +188,17 @@ class Store:
             )
         )
         return outcomes
+
+    async def _rows(self, chunk: list[Observation]) -> str:
+        """The observe script's argument for `chunk`, built in steps of ROWS_STEP jobs with a
+        yield between them: the batch sent before makes its way to Redis meanwhile (a
+        request takes the Redis client several event-loop steps to write), so Redis runs it
+        while this one is being built."""
+        rows = []
+        for at in range(0, len(chunk), ROWS_STEP):
+            rows += [self._observe_row(obs) for obs in chunk[at : at + ROWS_STEP]]
+            await asyncio.sleep(0)
+        return "".join(rows)
 
     async def _observe_batch(self, source: str, args: list[str], count: int) -> list[Outcome]:
         keys = [self.jobs_key, self.open_key, self.events_key, self.meta_key]
@@ -334,7 +345,7 @@ class Store:
 
 def event_from_outbox(fields: dict[str, str]) -> dict[str, Any]:
     """The CloudEvent of an outbox entry."""
-    extra = json.loads(fields.get("extra") or "{}")
+    extra = jsoncodec.loads(fields.get("extra") or "{}")
     return build_event(
         id=fields["id"],
         store=fields["store"],
@@ -343,7 +354,7 @@ def event_from_outbox(fields: dict[str, str]) -> dict[str, Any]:
         previous_status=fields.get("prev") or None,
         sequence=int(fields["seq"]),
         time=fields["time"],
-        job=json.loads(fields["job"]),
+        job=jsoncodec.loads(fields["job"]),
         errors=extra.get("errors"),
         file_locations=extra.get("file_locations"),
     )

@@ -61,13 +61,21 @@ def _secret_key(secret: str) -> bytes:
     return base64.b64decode(secret.removeprefix(_SECRET_PREFIX) + "==", validate=False)
 
 
-def sign(keys: list[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header value: one `v1,<base64>` per key, space-separated."""
+def signer(key: bytes) -> hmac.HMAC:
+    """An HMAC-SHA256 keyed once: `sign` copies it, which skips the key set-up per message."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def sign(keys: list[hmac.HMAC], msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header value: one `v1,<base64>` per key (from `signer`),
+    space-separated."""
     signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
-    # hmac.digest: OpenSSL's one-shot HMAC, without building an HMAC object per key.
-    return " ".join(
-        "v1," + base64.b64encode(hmac.digest(key, signed, hashlib.sha256)).decode() for key in keys
-    )
+    signatures = []
+    for key in keys:
+        mac = key.copy()
+        mac.update(signed)
+        signatures.append("v1," + base64.b64encode(mac.digest()).decode())
+    return " ".join(signatures)
 
 
 class WebhookSink(HttpSink):
@@ -87,7 +95,7 @@ class WebhookSink(HttpSink):
             name, timeout=timeout, allow_private_networks=allow_private_networks, session=session
         )
         self._url = url
-        self._keys = [_secret_key(secret) for secret in secrets]
+        self._keys = [signer(_secret_key(secret)) for secret in secrets]
         register_secrets(secrets)
 
     @classmethod
