@@ -7,7 +7,8 @@ import ipaddress
 import math
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
@@ -254,6 +255,60 @@ def make_session(
 
 
 # Reading and describing answers: the same words for every HTTP sink.
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A receiver's answer, its body read within limits."""
+
+    status: int
+    status_text: str  # `503 Service Unavailable`: the standard phrase, never the receiver's
+    headers: Mapping[str, str]
+    retry_after: float | None  # seconds, from Retry-After
+    text: str  # the body read, decoded
+    excerpt: str  # its first characters, secrets masked: for the attempt log
+
+
+@dataclass(frozen=True, slots=True)
+class Unreached:
+    """No answer: the connection failed, timed out, or the guard refused the address."""
+
+    reason: str  # one sentence naming the host, never the path or query
+    retryable: bool = True
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str | yarl.URL,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    session_timeout: float,
+    max_bytes: int | None = None,
+) -> Answer | Unreached:
+    """POST `body` without following redirects: the answer (up to `max_bytes` of its body,
+    else only what the excerpt takes), or why there was none. `session_timeout`: the
+    session's timeout, named in the sentence when it ran out."""
+    try:
+        async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+            if max_bytes is None:
+                text = await read_excerpt(response)
+            else:
+                text = (await read_body(response, max_bytes)).decode(errors="replace")
+    except AddressRefused as exc:
+        return Unreached(exc.reason, retryable=False)
+    except TimeoutError:  # aiohttp's timeouts all derive from it
+        return Unreached(f"timed out after {session_timeout} s")
+    except (aiohttp.ClientError, OSError) as exc:
+        return Unreached(describe_connection_failure(exc, yarl.URL(url)))
+    return Answer(
+        status=response.status,
+        status_text=status_text(response.status),
+        headers=response.headers,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        text=text,
+        excerpt=redact_text(text[:EXCERPT_CHARS]) if text else "",
+    )
 
 
 async def read_body(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 import structlog
@@ -42,6 +42,14 @@ class DeliveryResult:
     disable: bool = False  # True: the destination is gone (410, channel_not_found, ...)
     response_excerpt: str = ""  # first 1 KB of the response body, for the attempt log
     duration_ms: float = 0.0
+
+    def took(self, duration_ms: float) -> DeliveryResult:
+        """This result with its duration: `dataclasses.replace` spelt out (once per delivery,
+        in a third of the time)."""
+        return DeliveryResult(
+            self.ok, self.status, self.reason, self.retry_after, self.retryable, self.disable,
+            self.response_excerpt, duration_ms,
+        )  # fmt: skip
 
 
 def elapsed_ms(started: float) -> float:
@@ -153,7 +161,7 @@ class Sink(ABC, Generic[Client]):
         details: dict[str, Any] = {}
         started = time.perf_counter()
         result = await self.send(event, body, details)
-        result = replace(result, duration_ms=elapsed_ms(started))
+        result = result.took(elapsed_ms(started))
         self.log_attempt(event, result, details)
         return result
 

@@ -4,27 +4,15 @@ every way of not reaching the receiver comes back as a failed DeliveryResult."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bridge.logs import redact_text
 from bridge.sinks.base import DeliveryResult, Sink
 
 if TYPE_CHECKING:
     import aiohttp
     import yarl
 
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A receiver's answer, its body read within limits."""
-
-    status: int
-    status_text: str  # `503 Service Unavailable`: the standard phrase, never the receiver's
-    headers: Mapping[str, str]
-    retry_after: float | None  # seconds, from Retry-After
-    text: str  # the body read, decoded
-    excerpt: str  # its first characters, secrets masked: for the attempt log
+    from bridge.httpclient import Answer
 
 
 class HttpSink(Sink["aiohttp.ClientSession"]):
@@ -72,40 +60,12 @@ class HttpSink(Sink["aiohttp.ClientSession"]):
     ) -> Answer | DeliveryResult:
         """The receiver's answer (up to `max_bytes` of its body, else only what the excerpt
         takes), or the failed result when there was none."""
-        import aiohttp
-        import yarl
-
-        from bridge.httpclient import (
-            EXCERPT_CHARS,
-            AddressRefused,
-            describe_connection_failure,
-            parse_retry_after,
-            read_body,
-            read_excerpt,
-            status_text,
-        )
+        from bridge import httpclient  # loaded with the first HTTP sink, not with the config
 
         session = await self.client()
-        try:
-            async with session.post(
-                url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                if max_bytes is None:
-                    text = await read_excerpt(response)
-                else:
-                    text = (await read_body(response, max_bytes)).decode(errors="replace")
-        except AddressRefused as exc:
-            return DeliveryResult(ok=False, reason=exc.reason, retryable=False)
-        except TimeoutError:  # aiohttp's timeouts all derive from it
-            return DeliveryResult(ok=False, reason=f"timed out after {self.timeout} s")
-        except (aiohttp.ClientError, OSError) as exc:
-            reason = describe_connection_failure(exc, yarl.URL(url))
-            return DeliveryResult(ok=False, reason=reason)
-        return Answer(
-            status=response.status,
-            status_text=status_text(response.status),
-            headers=response.headers,
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
-            text=text,
-            excerpt=redact_text(text[:EXCERPT_CHARS]) if text else "",
+        answer = await httpclient.post(
+            session, url, body, headers, session_timeout=self.timeout, max_bytes=max_bytes
         )
+        if isinstance(answer, httpclient.Unreached):
+            return DeliveryResult(ok=False, reason=answer.reason, retryable=answer.retryable)
+        return answer

@@ -15,10 +15,12 @@ from bridge.config.subscription import SubscriptionBase
 from bridge.config.types import DEFAULT_TIMEOUT, HttpUrl
 from bridge.logs import register_secrets
 from bridge.sinks.base import DeliveryResult, SinkContext
-from bridge.sinks.http import Answer, HttpSink
+from bridge.sinks.http import HttpSink
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from bridge.httpclient import Answer
 
 _SECRET_PREFIX = "whsec_"
 SECRET_BYTES = (24, 64)  # key length Standard Webhooks asks for, in bytes

@@ -13,14 +13,16 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from bridge.logs import redact_text
 from bridge.sinks.base import DeliveryResult
-from bridge.sinks.http import Answer
 from bridge.sinks.slack.render import as_mapping, cut
+
+if TYPE_CHECKING:
+    from bridge.httpclient import Answer
 
 # A 429 asking for at most this long is waited out in place, once: the usual cause is Slack's
 # 1 msg/s per channel, and the dispatcher's first retry (5 s, then minutes) would add more
@@ -72,7 +74,7 @@ SLACK_ERRORS: dict[str, tuple[str, str]] = {
     "request_timeout": (_RETRY, "Slack timed out"),
 }
 
-Post = Callable[..., Awaitable[Answer | DeliveryResult]]
+Post = Callable[..., Awaitable["Answer | DeliveryResult"]]
 
 
 @dataclass(frozen=True, slots=True)
