@@ -272,10 +272,18 @@ class Lane:
         self, key: str, entries: list[Entry], wanted: list[Wanted], fresh: bool
     ) -> list[Wanted] | None:
         """Those of `wanted` that are their job's head; the others parked and are
-        acknowledged. None when the lane stopped while an older batch was not yet admitted."""
+        acknowledged, or (claimed, read again) are not in turn yet and are let go, to be
+        claimed again. None when the lane stopped while an older batch was not yet admitted."""
         assert self.order is not None
         if fresh and not await self.order.wait_turn(key, entries[0][0], self.stop):
             return None
+        if not fresh:
+            turn = await self.order.in_turn(key, [entry_id for entry_id, _ in entries])
+            later = {entry_id for entry_id, _ in entries[turn:]}
+            self.held[key].difference_update(later)
+            entries, wanted = entries[:turn], [w for w in wanted if w[0] not in later]
+            if not wanted:
+                return []
         heads = await self.order.admit(key, [(e, b) for _, e, b in wanted], entries[-1][0])
         parked = [w[0] for w, head in zip(wanted, heads, strict=True) if not head]
         self._acks[key] += parked

@@ -10,7 +10,9 @@ filtered out, or emitted before the subscription existed, waits for nothing.
 Every key is the subscription's (hash tag `{sub:<name>}`, bridge.keys), so each script
 touches one cluster slot. Admission follows the outbox order across replicas too: a batch
 read by one replica waits while an older entry of the same consumer group is held, not yet
-admitted, by another (`wait_turn`); each outbox stream's newest admitted entry is kept.
+admitted, by another (`wait_turn`); entries claimed from a replica that died, or read again,
+are admitted only up to the oldest such entry (`in_turn`). Each outbox stream's newest
+admitted entry is kept: every entry up to it was admitted.
 """
 
 from __future__ import annotations
@@ -169,6 +171,30 @@ class JobOrder:
             except TimeoutError:
                 pause = min(TURN_WAIT_MAX, pause * 2)
         return False
+
+    async def in_turn(self, stream: str, ids: Sequence[str]) -> int:
+        """How many of `ids` (entries claimed or read again, oldest first) may be admitted
+        now: those older than every other entry of `stream` pending in the group, not yet
+        admitted. Their batch is not contiguous in the outbox, as a fresh one is: an entry
+        between two of them may still wait for its turn with another consumer, which in
+        turn waits for the older of the two (so this never waits: the rest wait for a claim).
+        """
+        mark = await self.redis.hget(admitted_key(self.subscription), stream)
+        newer = [i for i in ids if mark is None or _order(i) > _order(mark)]
+        if not newer:
+            return len(ids)
+        pending = await self.redis.xpending_range(
+            stream,
+            self.group,
+            min="-" if mark is None else f"({mark}",
+            max=newer[-1],
+            count=len(newer) + 1,  # enough to find the first that is not one of them
+        )
+        ours = set(newer)
+        other = next((p["message_id"] for p in pending if p["message_id"] not in ours), None)
+        if other is None:
+            return len(ids)
+        return sum(1 for i in ids if _order(i) < _order(other))
 
     async def admit(
         self, stream: str, events: Sequence[tuple[dict[str, Any], bytes]], newest: str
