@@ -375,9 +375,12 @@ class Lane:
         self._due.clear()
         room = min(self.batch, self.window - len(self.workers))
         due = await self.deliveries.claim_due(self.name, limit=room)
+        claimed = len(due)
+        if self.order is not None:  # (a replayed dead letter may have to park)
+            due = await self.order.take_turns(due)
         for pending in due:
             self.workers.submit(functools.partial(self._retry, pending))
-        if len(due) < room:
+        if claimed < room:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._due.wait(), RETRY_EVERY)
         return True

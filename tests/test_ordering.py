@@ -23,7 +23,7 @@ from lanes_harness import STORE, ServerFactory, dispatcher, dispatching, new_job
 from ordering_kit import eid, move, ordered, receiver
 
 from bridge.config import ConfigError
-from bridge.deliveries import Deliveries
+from bridge.deliveries import Deliveries, PendingRetry
 from bridge.events import encode
 from bridge.keys import group_name, parked_key, retry_key
 from bridge.ordering import JobOrder
@@ -190,7 +190,10 @@ async def test_ordering_scripts_touch_one_cluster_slot(redis_cluster: LocalClust
         deliveries = Deliveries(client)
         [due] = await deliveries.claim_due("ordered")
         assert due.event == events[1] and due.attempts == 0
-        assert await deliveries.dead_letter("ordered", events[1], 1, "gave up") is False
+        assert await order.take_turns([due]) == [due]  # the head
+        replayed = PendingRetry("ordered", "e-1", 0, events[0])
+        assert await order.take_turns([replayed]) == []  # parks behind it
+        assert await deliveries.dead_letter("ordered", events[1], 1, "gave up") is True  # e-1 next
         assert await deliveries.dead_letter_count("ordered") == 1
     finally:
         await client.aclose()
