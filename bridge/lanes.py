@@ -272,10 +272,18 @@ class Lane:
         self, key: str, entries: list[Entry], wanted: list[Wanted], fresh: bool
     ) -> list[Wanted] | None:
         """Those of `wanted` that are their job's head; the others parked and are
-        acknowledged. None when the lane stopped while an older batch was not yet admitted."""
+        acknowledged, or (claimed, read again) are not in turn yet and are let go, to be
+        claimed again. None when the lane stopped while an older batch was not yet admitted."""
         assert self.order is not None
         if fresh and not await self.order.wait_turn(key, entries[0][0], self.stop):
             return None
+        if not fresh:
+            turn = await self.order.in_turn(key, [entry_id for entry_id, _ in entries])
+            later = {entry_id for entry_id, _ in entries[turn:]}
+            self.held[key].difference_update(later)
+            entries, wanted = entries[:turn], [w for w in wanted if w[0] not in later]
+            if not wanted:
+                return []
         heads = await self.order.admit(key, [(e, b) for _, e, b in wanted], entries[-1][0])
         parked = [w[0] for w, head in zip(wanted, heads, strict=True) if not head]
         self._acks[key] += parked
@@ -367,9 +375,12 @@ class Lane:
         self._due.clear()
         room = min(self.batch, self.window - len(self.workers))
         due = await self.deliveries.claim_due(self.name, limit=room)
+        claimed = len(due)
+        if self.order is not None:  # (a replayed dead letter may have to park)
+            due = await self.order.take_turns(due)
         for pending in due:
             self.workers.submit(functools.partial(self._retry, pending))
-        if len(due) < room:
+        if claimed < room:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._due.wait(), RETRY_EVERY)
         return True

@@ -4,13 +4,17 @@ Each job has at most one event in flight per subscription, its *head* (being att
 on the retry schedule). An event of a job that has a head *parks*: it is kept in Redis and
 its outbox entry acknowledged only after that. When the head is delivered or dead-lettered,
 the parked event with the lowest sequence becomes the head and goes on the retry schedule,
-due now. Order is by what the subscription received: a job whose earlier events were
-filtered out, or emitted before the subscription existed, waits for nothing.
+due now. A delivery off the retry schedule that is not its job's head (a replayed dead
+letter) takes the head when the job has none, else parks behind it (`take_turns`). Order is
+by what the subscription received: a job whose earlier events were filtered out, or emitted
+before the subscription existed, waits for nothing.
 
 Every key is the subscription's (hash tag `{sub:<name>}`, bridge.keys), so each script
 touches one cluster slot. Admission follows the outbox order across replicas too: a batch
 read by one replica waits while an older entry of the same consumer group is held, not yet
-admitted, by another (`wait_turn`); each outbox stream's newest admitted entry is kept.
+admitted, by another (`wait_turn`); entries claimed from a replica that died, or read again,
+are admitted only up to the oldest such entry (`in_turn`). Each outbox stream's newest
+admitted entry is kept: every entry up to it was admitted.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -68,6 +72,32 @@ if newest ~= '' then
   local mark = redis.call('HGET', admitted, stream)
   if not mark or after(newest, mark) then
     redis.call('HSET', admitted, stream, newest)
+  end
+end
+return go
+"""
+
+# Due deliveries (retries, replayed dead letters, events released from parking), each job's
+# lowest sequence first: each goes when it is its job's head, or becomes the head when the job
+# has none (1); else it parks behind the head, off the retry schedule, its delivery kept (0).
+TAKE_TURNS = """
+local heads = KEYS[1]
+local parked = KEYS[2]
+local retry = KEYS[3]
+local go = {}
+for i = 1, #KEYS - 3 do
+  local waiting = KEYS[3 + i]
+  local at = 1 + 3 * (i - 1)
+  local job, id, seq = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local head = redis.call('HGET', heads, job)
+  if not head or head == id then
+    redis.call('HSET', heads, job, id)
+    go[i] = 1
+  else
+    redis.call('ZREM', retry, id)
+    redis.call('ZADD', waiting, seq, id)
+    redis.call('HSET', parked, id, job)
+    go[i] = 0
   end
 end
 return go
@@ -131,6 +161,16 @@ def finish_call(
     return keys, [job, event["id"], int(time.time() * 1000), *dead_letter]
 
 
+class Due(Protocol):
+    """A delivery off the retry schedule (bridge.deliveries.PendingRetry)."""
+
+    @property
+    def event(self) -> dict[str, Any] | None: ...
+
+
+D = TypeVar("D", bound=Due)
+
+
 def _order(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -145,6 +185,7 @@ class JobOrder:
         self.group = group
         self._admit = redis.register_script(ADMIT)
         self._finish = redis.register_script(FINISH)
+        self._take_turns = redis.register_script(TAKE_TURNS)
 
     async def wait_turn(self, stream: str, first: str, stop: asyncio.Event) -> bool:
         """Wait while an entry of `stream` older than `first` (the oldest of a batch just
@@ -170,6 +211,30 @@ class JobOrder:
                 pause = min(TURN_WAIT_MAX, pause * 2)
         return False
 
+    async def in_turn(self, stream: str, ids: Sequence[str]) -> int:
+        """How many of `ids` (entries claimed or read again, oldest first) may be admitted
+        now: those older than every other entry of `stream` pending in the group, not yet
+        admitted. Their batch is not contiguous in the outbox, as a fresh one is: an entry
+        between two of them may still wait for its turn with another consumer, which in
+        turn waits for the older of the two (so this never waits: the rest wait for a claim).
+        """
+        mark = await self.redis.hget(admitted_key(self.subscription), stream)
+        newer = [i for i in ids if mark is None or _order(i) > _order(mark)]
+        if not newer:
+            return len(ids)
+        pending = await self.redis.xpending_range(
+            stream,
+            self.group,
+            min="-" if mark is None else f"({mark}",
+            max=newer[-1],
+            count=len(newer) + 1,  # enough to find the first that is not one of them
+        )
+        ours = set(newer)
+        other = next((p["message_id"] for p in pending if p["message_id"] not in ours), None)
+        if other is None:
+            return len(ids)
+        return sum(1 for i in ids if _order(i) < _order(other))
+
     async def admit(
         self, stream: str, events: Sequence[tuple[dict[str, Any], bytes]], newest: str
     ) -> list[bool]:
@@ -191,6 +256,22 @@ class JobOrder:
             args += [job, event["id"], int(event["sequence"]), body]
         go = await self._admit(keys=keys, args=args)
         return [bool(flag) for flag in go]
+
+    async def take_turns(self, due: Sequence[D]) -> list[D]:
+        """Those of the deliveries `due` (off the retry schedule) that are their job's head
+        now; the others parked behind it. A retry is its job's head already; a replayed dead
+        letter takes the head only when its job has none, so it holds back what follows it
+        and never goes out beside another event of its job."""
+        due = sorted(due, key=lambda d: int(d.event["sequence"]) if d.event else 0)
+        events = [d.event for d in due if d.event is not None]
+        if not events:
+            return due
+        sub = self.subscription
+        keys = [heads_key(sub), parked_key(sub), retry_key(sub)]
+        keys += [parked_key(sub, job_of(event)) for event in events]
+        args = [x for e in events for x in (job_of(e), e["id"], int(e["sequence"]))]
+        go = iter(await self._take_turns(keys=keys, args=args))
+        return [d for d in due if d.event is None or next(go)]
 
     async def release(self, event: dict[str, Any]) -> bool:
         """`event` was delivered: the next of its job, if one waits, is due now (True)."""
