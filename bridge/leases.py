@@ -44,6 +44,8 @@ class LeasedPoller(Protocol):
 
     def run(self, stop: asyncio.Event) -> Awaitable[None]: ...
 
+    def follow(self) -> Awaitable[None]: ...  # read the state another process's polls leave
+
 
 @dataclass(eq=False)
 class Lease:
@@ -270,7 +272,7 @@ class Leases:
             self._wake.set()  # a lease wanted: count it now
             try:
                 while not stop.is_set():
-                    await _first_of(stop, lease.acquired)
+                    await self._wait_for(lease, poller, stop)
                     if lease.held and not stop.is_set():
                         await self._poll(lease, poller, stop)
             finally:
@@ -279,6 +281,18 @@ class Leases:
                 lease.busy = False
 
         return loop
+
+    async def _wait_for(self, lease: Lease, poller: LeasedPoller, stop: asyncio.Event) -> None:
+        """Until the lease is this process's: meanwhile the poller follows, every ttl/3, the
+        state the holder's polls leave (a loss of Redis is then noticed whoever polls next)."""
+        while not stop.is_set() and not lease.acquired.is_set():
+            try:
+                await poller.follow()
+            except TRANSIENT as exc:
+                log.debug(
+                    "follow_failed", store=lease.store, source=lease.source, error=describe(exc)
+                )
+            await _first_of(stop, lease.acquired, at_most=self.ttl / 3)
 
     async def _poll(self, lease: Lease, poller: LeasedPoller, stop: asyncio.Event) -> None:
         """Run the poller until its lease ends: after its cycle when shed or stopping, at once

@@ -180,6 +180,11 @@ class Poller:
         self._log.debug("cycle_completed", **{k: getattr(report, k) for k in report.__slots__})
         return report
 
+    async def follow(self) -> None:
+        """While another process polls this store: remember what its polls leave in Redis,
+        so that a loss of Redis is recovered from even if this process polls next."""
+        self._watch.follow(Metas(*await self.store.get_metas(*Metas.fields(self.source))))
+
     async def _poll(self) -> CycleReport:
         metas = Metas(*await self.store.get_metas(*Metas.fields(self.source)))
         recover_after = self._watch.check(metas)

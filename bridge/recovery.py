@@ -4,7 +4,8 @@ Redis without persistence forgets everything on a restart (so do FLUSHDB and a f
 lagging replica). A poller that keeps going on an empty Redis would take every job for
 history and record it silently: a job that failed meanwhile would never be announced. So each
 poller remembers, in memory, that its baseline was done and when its last successful poll
-began; when the baseline marker vanishes it logs `state_lost` and runs the baseline again in
+began (a process waiting for the lease follows the metas of the one polling, so it knows
+too); when the baseline marker vanishes it logs `state_lost` and runs the baseline again in
 recovery mode: a job whose timestamps say it changed after that poll gets its event, every
 other job is recorded silently.
 """
@@ -59,10 +60,7 @@ class StateWatch:
         Logs `state_lost` (once per loss) when a baseline seen done has vanished.
         """
         if metas.baseline is not None:
-            self.baseline_seen = True
-            self.baseline_started = metas.baseline_started or self.baseline_started
-            # last_poll (when a cycle ended) stands in for data written before last_poll_start.
-            self._saw_poll(metas.last_poll_start or metas.last_poll)
+            self.follow(metas)
             return None
         if metas.recover_after is not None:  # a recovery under way (this process or another)
             return float(metas.recover_after)
@@ -77,6 +75,16 @@ class StateWatch:
             last_poll_started_at=format_epoch(self.last_poll_start),
         )
         return since - self.margin
+
+    def follow(self, metas: Metas) -> None:
+        """Remember what the metas say of a state that is there: read by this process's own
+        cycles, and by a process waiting for the lease while another polls (bridge.leases),
+        so that whichever process polls after a loss notices it and recovers."""
+        if metas.baseline is not None:
+            self.baseline_seen = True
+            self.baseline_started = metas.baseline_started or self.baseline_started
+            # last_poll (when a cycle ended) stands in for data written before last_poll_start.
+            self._saw_poll(metas.last_poll_start or metas.last_poll)
 
     def baseline_completed(self) -> None:
         self.baseline_seen = True

@@ -32,7 +32,11 @@ class FakePoller:
     source: str = "pcm"
     fence: str = ""
     cycles: int = 0
+    follows: int = 0
     fences: list[str] = field(default_factory=list)
+
+    async def follow(self) -> None:
+        self.follows += 1
 
     async def run(self, stop: asyncio.Event) -> None:
         self.fences.append(self.fence)

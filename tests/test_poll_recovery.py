@@ -7,11 +7,14 @@ import dataclasses
 import time
 
 import pytest
+from helpers import eventually
 from pollkit import FAST, ago, events, make_poller, named, transitions
 from structlog.testing import capture_logs
+from test_leases import TTL, Process
 
 from bridge.config import ConfigError, parse_config
 from bridge.jobs import parse_job
+from bridge.leases import Leases
 from bridge.poller import PollSettings
 from bridge.simulator import Simulator, make_app
 from bridge.store import Observation, Store, parse_state
@@ -132,6 +135,48 @@ async def test_a_recovery_interrupted_is_resumed_by_the_next_poller(sim_url, red
     finally:
         await first.client.close()
         await second.client.close()
+
+
+async def test_a_replica_that_did_not_poll_before_the_loss_recovers_when_it_polls_next(
+    sim_url, redis_client
+):
+    """Two processes share the store's lease; the holder dies with Redis's data. The other one
+    never polled the store, but followed its state while it waited for the lease: it notices
+    the loss and announces what changed, instead of taking the empty Redis for a first start."""
+    sim, base = sim_url
+    running = sim.create_job(status="started", created_at=ago(minutes=20))
+    holder, waiting = (
+        Process(Leases(redis_client, name, TTL), [make_poller(base, redis_client)])
+        for name in ("first", "second")
+    )
+    store = waiting.pollers[0].store
+    holder.start()
+    try:
+        await eventually(lambda: redis_client.hget(store.meta_key, "last_poll:pcm"), what="a poll")
+        waiting.start()
+        # Waiting for the lease, the second process reads the state every ttl/3.
+        watch = waiting.pollers[0]._watch
+        await eventually(lambda: watch.baseline_seen, timeout=TTL, what="the state followed")
+        assert waiting.holding() == set()
+        await holder.crash()  # kill -9 ...
+        await redis_client.flushdb()  # ... and Redis restarted without persistence
+        sim.add_errors(running, ["row 3: sku must be unique"])
+        sim.set_status(running, "failed")
+        fresh = sim.create_job()
+        expected = sorted([(running, None, "failed"), (fresh, None, "pending")])
+        with capture_logs() as logs:
+
+            async def recovered() -> bool:
+                return sorted(await transitions(store)) == expected
+
+            await eventually(recovered, timeout=3 * TTL, what="the recovery's events")
+        assert waiting.holding() == {"s"}
+        [lost] = named(logs, "state_lost")
+        assert lost["last_poll_started_at"] is not None
+    finally:
+        await waiting.finish()
+        for process in (holder, waiting):
+            await process.pollers[0].client.close()
 
 
 async def test_finished_jobs_records_are_forgotten_after_retention(sim_url, redis_client):
