@@ -45,6 +45,8 @@ EVENTS = harness.quick(2_000, 500)
 SUBSCRIPTION_COUNTS = (1, 2, 5, 10)
 REPEATS = harness.quick(2, 1)
 CONCURRENCY = 10
+TARGET_RATIO = 0.8  # of the bare loop's rate (issue: delivery at the speed of the wire)
+TARGET_RATE = 5_000  # deliveries per second on the 2-core machine
 LATENCY_RATE = 200  # events per second
 LATENCY_SECONDS = harness.quick(5.0, 2.0)
 PEERS = ("bare", "sink alone", "bridge")
@@ -242,6 +244,13 @@ def draw(runs: Runs) -> Any:
             ratio = max(runs[n]["bridge"]["rate"]) / max(runs[n]["bare"]["rate"])
             top = max(max(runs[n][p]["rate"]) for p in PEERS)
             rate.annotate(f"{ratio:.2f}x", (k + 0.27, top), ha="center", va="bottom", fontsize=8)
+        for k, n in enumerate(SUBSCRIPTION_COUNTS):  # the issue's targets
+            goal = TARGET_RATIO * max(runs[n]["bare"]["rate"])
+            label = f"target: {TARGET_RATIO}x bare" if k == 0 else None
+            rate.hlines(goal, k - 0.45, k + 0.45, colors="black", linestyles="dotted", label=label)
+        rate.axhline(TARGET_RATE, color="red", linestyle="dashed", linewidth=0.8,
+                     label=f"target: {TARGET_RATE:,}/s")  # fmt: skip
+        rate.legend(fontsize=8, loc="upper left")
         rate.set_title("deliveries per second (labels: bridge / bare, best runs)", fontsize=9)
         rate.set_ylabel("signed deliveries per second (bars: best; dots: each run)")
         bars(cpu, "cpu_us", min)
