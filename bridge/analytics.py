@@ -61,6 +61,44 @@ def _field(source: str, job_type: str, name: str) -> str:
     return f"{source}|{job_type.replace('|', '/')}|{name}"
 
 
+class Tally:
+    """Finished jobs counted before they are written: a batch of similar jobs costs a few
+    commands, not a few per job. Keyed by tuples while counting (cheap), spelt as hash fields
+    once per distinct field."""
+
+    def __init__(self) -> None:
+        self.measured: list[tuple[Job, float | None, float | None]] = []
+        self._statuses: Counter[tuple[str, str, str]] = Counter()
+        self._buckets: Counter[tuple[str, str, str, int]] = Counter()
+        self._seconds: defaultdict[tuple[str, str, str], float] = defaultdict(float)
+
+    def add(self, jobs: Iterable[Job]) -> Tally:
+        for job in jobs:
+            wait, run = durations(job)
+            self.measured.append((job, wait, run))
+            self._statuses[job.source, job.type, job.status] += 1
+            if run is not None:
+                self._buckets[job.source, job.type, "run", bisect.bisect_left(BOUNDS, run)] += 1
+                self._seconds[job.source, job.type, "run"] += run
+            if wait is not None:
+                self._buckets[job.source, job.type, "wait", bisect.bisect_left(BOUNDS, wait)] += 1
+                self._seconds[job.source, job.type, "wait"] += wait
+        return self
+
+    def fields(self) -> tuple[Counter[str], dict[str, float]]:
+        """The hash fields to increment: counts, and sums of seconds."""
+        counts: Counter[str] = Counter()
+        for (source, job_type, status), count in self._statuses.items():
+            counts[_field(source, job_type, status)] += count
+        for (source, job_type, phase, bucket), count in self._buckets.items():
+            counts[_field(source, job_type, f"{phase}_n")] += count
+            counts[_field(source, job_type, f"{phase}_b{bucket}")] += count
+        sums = {
+            _field(s, t, f"{phase}_sum"): total for (s, t, phase), total in self._seconds.items()
+        }
+        return counts, sums
+
+
 class JobAnalytics:
     """The analytics of one store. `observers` also hear of every finished job (metrics)."""
 
@@ -75,30 +113,14 @@ class JobAnalytics:
 
     async def record(self, jobs: Sequence[Job], at: float | None = None) -> None:
         """Count finished jobs in the minute of `at` (now): one pipelined round trip."""
-        if not jobs:
+        await self.write(Tally().add(jobs), at)
+
+    async def write(self, tally: Tally, at: float | None = None) -> None:
+        """Add what `tally` counted to the minute of `at` (now); then tell the observers."""
+        if not tally.measured:
             return
         key = self.key(int((time.time() if at is None else at) // 60))
-        measured = [(job, *durations(job)) for job in jobs]
-        # Summed here first: a batch of similar jobs costs a few commands, not a few per job.
-        # Keyed by tuples while counting, spelt as hash fields once per distinct field.
-        statuses: Counter[tuple[str, str, str]] = Counter()
-        buckets: Counter[tuple[str, str, str, int]] = Counter()
-        seconds_by: defaultdict[tuple[str, str, str], float] = defaultdict(float)
-        for job, wait, run in measured:
-            statuses[job.source, job.type, job.status] += 1
-            if run is not None:
-                buckets[job.source, job.type, "run", bisect.bisect_left(BOUNDS, run)] += 1
-                seconds_by[job.source, job.type, "run"] += run
-            if wait is not None:
-                buckets[job.source, job.type, "wait", bisect.bisect_left(BOUNDS, wait)] += 1
-                seconds_by[job.source, job.type, "wait"] += wait
-        counts: Counter[str] = Counter()
-        for (source, job_type, status), count in statuses.items():
-            counts[_field(source, job_type, status)] += count
-        for (source, job_type, phase, bucket), count in buckets.items():
-            counts[_field(source, job_type, f"{phase}_n")] += count
-            counts[_field(source, job_type, f"{phase}_b{bucket}")] += count
-        sums = {_field(s, t, f"{phase}_sum"): total for (s, t, phase), total in seconds_by.items()}
+        counts, sums = tally.fields()
         async with self.redis.pipeline(transaction=False) as pipe:
             for name, count in counts.items():
                 pipe.hincrby(key, name, count)
@@ -106,7 +128,7 @@ class JobAnalytics:
                 pipe.hincrbyfloat(key, name, round(total, 3))
             pipe.expire(key, self.retention)
             await pipe.execute()
-        for job, wait, run in measured:
+        for job, wait, run in tally.measured:
             for observer in self.observers:
                 observer(self.store, job, wait, run)
 

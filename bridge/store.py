@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from bridge import jsoncodec
-from bridge.analytics import JobAnalytics, newly_finished
+from bridge.analytics import JobAnalytics, Tally, newly_finished
 from bridge.events import build_event, event_id, stalled_event_id
 from bridge.jobs import TERMINAL, Job, format_timestamp, now_iso
 from bridge.keys import lease_key, store_key
@@ -100,8 +100,8 @@ def parse_state(raw: str | None) -> StoredState | None:
 def last_activity(job: Job) -> float | None:
     """The latest of the job's timestamps (seconds since the epoch): when it last changed."""
     stamps = (job.created_at, job.updated_at, job.started_at, job.completed_at)
-    known = [stamp.timestamp() for stamp in stamps if stamp is not None]
-    return max(known) if known else None
+    known = [stamp for stamp in stamps if stamp is not None]
+    return max(known).timestamp() if known else None
 
 
 def _stamp(value: datetime | None) -> str:
@@ -121,6 +121,12 @@ def job_json(job: Job) -> str:
 
 def _minute(seconds: float) -> int:
     return int(seconds // 60)
+
+
+def _newly_finished(batch: list[Observation], outcomes: list[Outcome]) -> list[Job]:
+    return newly_finished(
+        (obs.job, out.result, out.previous_status) for obs, out in zip(batch, outcomes, strict=True)
+    )
 
 
 class Store:
@@ -164,29 +170,33 @@ class Store:
         observations = list(observations)
         header = [marker, fence, now_iso(), self.name]
         outcomes: list[Outcome] = []
+        # The CPU work (building a batch, counting the jobs the one before finished) is done
+        # while Redis runs the batch sent last: the two processes overlap.
+        finished = Tally()
+        ended: list[Job] = []  # jobs that the last batch answered finished, not yet counted
         sent: asyncio.Future[list[Outcome]] | None = None
+        carried: list[Observation] = []  # the batch `sent` carries
         try:
             for source, group in groupby(observations, key=lambda obs: obs.job.source):
                 batch = list(group)
                 for at in range(0, len(batch), OBSERVE_BATCH):
                     chunk = batch[at : at + OBSERVE_BATCH]
-                    jobs = await self._rows(chunk)  # while Redis runs the batch before
-                    if sent is not None:
-                        outcomes += await sent
+                    jobs = await self._rows(chunk)  # yields: `sent` reaches Redis meanwhile
+                    finished.add(ended)
+                    done = await sent if sent is not None else []
                     sent = asyncio.ensure_future(
                         self._observe_batch(source, [*header, source, jobs], len(chunk))
                     )
-            if sent is not None:
-                outcomes += await sent
+                    outcomes += done
+                    ended = _newly_finished(carried, done)
+                    carried = chunk
+            done = await sent if sent is not None else []
+            outcomes += done
+            finished.add(ended).add(_newly_finished(carried, done))
         finally:
             if sent is not None and not sent.done():
                 sent.cancel()
-        await self.analytics.record(
-            newly_finished(
-                (obs.job, out.result, out.previous_status)
-                for obs, out in zip(observations, outcomes, strict=True)
-            )
-        )
+        await self.analytics.write(finished)
         return outcomes
 
     async def _rows(self, chunk: list[Observation]) -> str:
