@@ -32,6 +32,7 @@ from bridge.keys import group_name
 from bridge.ordering import JobOrder
 from bridge.outbox import Decoded, Watch, create_group, is_nogroup
 from bridge.sinks import DeliveryResult, Sink
+from bridge.slots import per_slot
 from bridge.tasks import Supervisor, describe, repeat
 from bridge.workers import Workers
 
@@ -173,29 +174,43 @@ class Lane:
 
     async def _take_own_pending(self) -> None:
         """Entries this consumer read before (a lane restarted in this process) go first."""
-        replies = await self._read({key: "0" for key in self.outbox_keys}, self.window)
-        for key, entries in replies:
-            await self._handle(key, [entry for entry in entries if entry[1]], fresh=False)
+        await self._read(dict.fromkeys(self.outbox_keys, "0"), self.window, fresh=False)
 
     # -- the outbox ----------------------------------------------------------------------
 
-    async def _read(self, streams: dict[str, str], count: int) -> list[Any]:
+    async def _read(self, streams: dict[str, str], count: int, *, fresh: bool) -> int:
+        """Read `streams` (key -> id) through the group and handle what came; how many
+        entries came. One XREADGROUP per hash slot on a cluster (bridge.slots)."""
+        results = await per_slot(self.redis, streams, functools.partial(self._read_slot, count))
+        taken = 0
+        for replies in results:
+            for key, entries in () if isinstance(replies, BaseException) else replies:
+                await self._handle(key, [entry for entry in entries if entry[1]], fresh=fresh)
+                taken += len(entries)
+        if failed := [error for error in results if isinstance(error, BaseException)]:
+            raise failed[0]  # once what the other slots read is in hand
+        return taken
+
+    async def _read_slot(self, count: int, streams: dict[str, str]) -> list[Any]:
         try:
             replies = await self.redis.xreadgroup(self.group, self.consumer, streams, count=count)
         except Exception as exc:
             if not is_nogroup(exc):
                 raise
-            await self._recover(exc)
+            await self._recover(exc, list(streams))
             return []
         return list(replies or [])
 
-    async def _recover(self, exc: BaseException) -> None:
-        """The group is gone (Redis lost its data): create it again, from the stream's start."""
+    async def _recover(self, exc: BaseException, keys: list[str]) -> None:
+        """The group is gone from `keys` (Redis, or the cluster node of their slot, lost its
+        data): create it again, from each stream's start."""
         log.error("state_lost", subscription=self.name, error=str(exc), group=self.group)
-        self.held.clear()
-        self._acks.clear()
+        for key in keys:
+            self.held.pop(key, None)
+            self._acks.pop(key, None)
         await self.deliveries.register(self.name)
-        await self.create_groups(start="0")
+        for key in keys:
+            await create_group(self.redis, key, self.group, "0")
 
     async def _consume_once(self) -> bool:
         if not await self._has_room():
@@ -215,12 +230,7 @@ class Lane:
     async def _read_new(self) -> int:
         """Read new entries, as many as there is room for; how many were taken."""
         room = min(self.window - len(self.workers), self.batch)
-        replies = await self._read({key: ">" for key in self.outbox_keys}, room)
-        taken = 0
-        for key, entries in replies:
-            await self._handle(key, entries, fresh=True)
-            taken += len(entries)
-        return taken
+        return await self._read(dict.fromkeys(self.outbox_keys, ">"), room, fresh=True)
 
     async def _has_room(self) -> bool:
         """True when more deliveries may start; else wait until one ends (False)."""

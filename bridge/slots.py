@@ -1,0 +1,60 @@
+"""Keys grouped by Redis Cluster hash slot: a command over many keys runs once per slot.
+
+A cluster refuses a multi-key command whose keys lie in different slots (CROSSSLOT), and each
+store's keys have a hash tag of their own (bridge.keys), so reading every outbox of a process
+takes one call per slot there. On a single Redis every key is in one group: one call, as
+before there were clusters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+ONE_SERVER = 0  # the one group of a single Redis
+
+T = TypeVar("T")
+
+
+def is_cluster(redis: Any) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+def by_slot(redis: Any, keys: Sequence[str]) -> dict[int, list[str]]:
+    """`keys` by hash slot on a cluster, each group in the order given; on a single Redis,
+    all of them under ONE_SERVER. No group when there are no keys."""
+    if not keys:
+        return {}
+    if not is_cluster(redis):
+        return {ONE_SERVER: list(keys)}
+    return {slot: list(group) for slot, group in _by_slot(tuple(keys))}
+
+
+@functools.lru_cache(maxsize=256)
+def _by_slot(keys: tuple[str, ...]) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    # Cached: the outbox keys of a process change only with a reload, and lanes read often.
+    groups: dict[int, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key_slot(key.encode()), []).append(key)
+    return tuple((slot, tuple(group)) for slot, group in groups.items())
+
+
+async def per_slot(
+    redis: Any, streams: dict[str, str], read: Callable[[dict[str, str]], Awaitable[T]]
+) -> list[T | BaseException]:
+    """`read` once for the `streams` (key -> id) of each hash slot, all at once: what each
+    call returned, or the error it raised (one slot failing over spoils no other's reply).
+    On a single Redis, one call with every stream."""
+    groups = by_slot(redis, list(streams))
+    if len(groups) > 1:
+        calls = (read({key: streams[key] for key in keys}) for keys in groups.values())
+        return await asyncio.gather(*calls, return_exceptions=True)
+    try:
+        return [await read(streams)]
+    except Exception as exc:
+        return [exc]
