@@ -23,6 +23,7 @@ from bridge.config import SubscriptionBase
 from bridge.deliveries import Deliveries
 from bridge.events import encode
 from bridge.keys import LEGACY_GROUP, group_name, subscription_of, trim_lease_key
+from bridge.slots import by_slot
 from bridge.store import event_from_outbox
 
 log = structlog.get_logger(__name__)
@@ -165,11 +166,12 @@ class Decoded:
 
 class Watch:
     """One blocking read per process over every outbox stream: on new entries it wakes every
-    lane, which then reads its own group without blocking a connection of its own."""
+    lane, which then reads its own group without blocking a connection of its own. On a
+    cluster, one such read per hash slot of the outboxes (a follower each, all at once)."""
 
     def __init__(self, redis: aioredis.Redis, outbox_keys: Sequence[str], block: float) -> None:
         self.redis = redis
-        self.outbox_keys = list(outbox_keys)
+        self.outbox_keys = list(outbox_keys)  # a reload may change them: read each round
         self.block = block
         self._listeners: set[asyncio.Event] = set()
 
@@ -186,9 +188,34 @@ class Watch:
             event.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        last = dict.fromkeys(self.outbox_keys, "$")
+        """A follower for each slot the outboxes are in (one on a single Redis); a slot that
+        a reload adds gets its own within `block`. A follower that fails ends the watch."""
+        followers: dict[int, asyncio.Task[None]] = {}
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                for slot, task in list(followers.items()):
+                    if task.done():
+                        del followers[slot]
+                        task.result()  # (its slot has no outbox left, or it raises)
+                for slot in by_slot(self.redis, self.outbox_keys).keys() - followers.keys():
+                    followers[slot] = asyncio.create_task(self._follow(slot, stop))
+                waiting: list[asyncio.Future[Any]] = [stopped, *followers.values()]
+                await asyncio.wait(waiting, timeout=self.block, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting = [stopped, *followers.values()]
+            for future in waiting:
+                future.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+
+    async def _follow(self, slot: int, stop: asyncio.Event) -> None:
+        """Block on the outboxes of one slot; wake the lanes at each new entry."""
+        last: dict[str, str] = {}
         while not stop.is_set():
-            last = {key: last.get(key, "$") for key in self.outbox_keys}  # a reload may change them
+            keys = by_slot(self.redis, self.outbox_keys).get(slot)
+            if not keys:
+                return
+            last = {key: last.get(key, "$") for key in keys}
             reply = await self.redis.xread(last, count=1, block=int(self.block * 1000))
             if not reply:
                 continue
