@@ -3,6 +3,7 @@ subscription, the outcome of each delivery attempt, read from Redis by any proce
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,6 +12,7 @@ import redis.asyncio as aioredis
 
 from bridge.config import SubscriptionBase
 from bridge.keys import attempts_key, store_key
+from bridge.slots import per_slot
 from bridge.store import event_from_outbox
 
 BLOCK = 1.0  # seconds one XREAD waits for news
@@ -44,17 +46,25 @@ async def follow(
     if on_ready is not None:
         on_ready()
     while True:
-        replies = await redis.xread(positions, count=100, block=int(BLOCK * 1000))
-        for key, entries in replies or []:
-            for entry_id, fields in entries:
-                positions[key] = entry_id
-                if key == log_key:
-                    if on_attempt is not None:
-                        on_attempt(json.loads(fields["record"]))
-                    continue
-                event = event_from_outbox(fields)
-                if subscription is None or _matches(subscription, event):
-                    on_event(event)
+        for replies in await per_slot(redis, positions, functools.partial(_read, redis)):
+            if isinstance(replies, BaseException):
+                raise replies
+            for key, entries in replies:
+                for entry_id, fields in entries:
+                    positions[key] = entry_id
+                    if key == log_key:
+                        if on_attempt is not None:
+                            on_attempt(json.loads(fields["record"]))
+                        continue
+                    event = event_from_outbox(fields)
+                    if subscription is None or _matches(subscription, event):
+                        on_event(event)
+
+
+async def _read(redis: aioredis.Redis, positions: dict[str, str]) -> list[Any]:
+    """New entries after `positions`, waiting up to BLOCK (on a cluster: of one hash slot,
+    read beside the others; the round ends with the last of them)."""
+    return list(await redis.xread(positions, count=100, block=int(BLOCK * 1000)) or [])
 
 
 def _matches(sub: SubscriptionBase, event: dict[str, Any]) -> bool:
