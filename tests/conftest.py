@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -36,14 +39,24 @@ def redis_url() -> Iterator[str]:
         server.stop()
 
 
+@contextlib.asynccontextmanager
+async def clean_redis(url: str, *, cluster: bool = False) -> AsyncIterator[Any]:
+    """A clean database, as in arq: connect, flush (every master of a cluster), yield, close.
+    The product's own client: same pool, same decoding."""
+    client = open_redis(url, cluster=cluster)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
 @pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A clean database for each test, as in arq: connect, flush, yield, close."""
-    client = open_redis(redis_url)  # the product's own client: same pool, same decoding
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
+    """A clean database for each test."""
+    async with clean_redis(redis_url) as client:
+        yield client
 
 
 def require_service(name: str, reachable: bool) -> None:
@@ -68,3 +81,35 @@ def redis_cluster() -> Iterator[LocalCluster]:
         if IN_CI:
             pytest.fail(f"CI is set and no Redis Cluster could be started: {exc}")
         pytest.skip(str(exc))
+
+
+@dataclass
+class RedisTarget:
+    """A clean Redis for a test: the single one, or the Redis Cluster."""
+
+    client: Any  # redis.asyncio.Redis, or redis.asyncio.cluster.RedisCluster
+    url: str
+    cluster: LocalCluster | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The `redis` section of a config file that reaches it."""
+        return {"url": self.url, "cluster": True} if self.cluster else {"url": self.url}
+
+
+# Runs a test on a single Redis and again on the cluster: `@ON_BOTH` above a test that takes
+# the `any_redis` fixture (directly or through one of its own).
+ON_BOTH = pytest.mark.parametrize("any_redis", ["single", "cluster"], indirect=True)
+
+
+@pytest.fixture
+async def any_redis(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[RedisTarget]:
+    """A clean single Redis (redis_client's), or, for the `cluster` run of an ON_BOTH test,
+    the session's Redis Cluster with every master flushed."""
+    if getattr(request, "param", "single") == "single":
+        async with clean_redis(redis_url) as client:
+            yield RedisTarget(client, redis_url)
+        return
+    cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+    async with clean_redis(cluster.url, cluster=True) as client:
+        yield RedisTarget(client, cluster.url, cluster)

@@ -8,7 +8,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,11 +16,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from conftest import RedisTarget
 from helpers import new_secret
+from redis.crc import key_slot
 
 from bridge.dispatcher import Dispatcher
 from bridge.events import event_id
 from bridge.jobs import Job
+from bridge.keys import store_key
 from bridge.sinks.base import SinkContext
 from bridge.sinks.registry import build_sink
 from bridge.sinks.webhook import WebhookSubscription
@@ -28,6 +31,10 @@ from bridge.store import Observation, Store
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 STORE = "shop"
+# A second store whose hash tag is in another slot than STORE's (3808 and 12193), on another
+# master of the test cluster (three masters: slots 0-5460, 5461-10922, 10923-16383).
+OTHER_STORE = "us-main"
+STORES = (STORE, OTHER_STORE)
 SECRET = new_secret()
 
 
@@ -73,11 +80,13 @@ def hook(name: str, target: Endpoint, **options: Any) -> WebhookSubscription:
     return WebhookSubscription.model_validate(data)
 
 
-def dispatcher(redis: aioredis.Redis, subs: list[Any], **options: Any) -> Dispatcher:
-    store = Store(redis, STORE)
+def dispatcher(
+    redis: aioredis.Redis, subs: list[Any], stores: Sequence[str] = (STORE,), **options: Any
+) -> Dispatcher:
+    """A dispatcher of `subs` over the outboxes of `stores`."""
     return Dispatcher(
         redis,
-        [store.events_key],
+        [Store(redis, store).events_key for store in stores],
         subs,
         build_sink=lambda sub: build_sink(sub, SinkContext(redis, True)),
         **options,
@@ -113,12 +122,26 @@ JOB_OF: dict[str, str] = {}  # event id -> job id, of every event emitted here
 
 
 async def emit(
-    redis: aioredis.Redis, count: int = 1, status: str = "failed", **job: Any
+    redis: aioredis.Redis, count: int = 1, status: str = "failed", store: str = STORE, **job: Any
 ) -> list[str]:
-    """`count` events, appended to the outbox by the real observe script."""
+    """`count` events, appended to the outbox of `store` by the real observe script."""
     jobs = [new_job(status, **job) for _ in range(count)]
-    outcomes = await Store(redis, STORE).observe(Observation(j) for j in jobs)
+    outcomes = await Store(redis, store).observe(Observation(j) for j in jobs)
     assert [o.result for o in outcomes] == ["emitted"] * count
-    ids = [event_id(STORE, "pcm", j.id, status) for j in jobs]
+    ids = [event_id(store, "pcm", j.id, status) for j in jobs]
     JOB_OF.update(zip(ids, (j.id for j in jobs), strict=True))
     return ids
+
+
+async def emit_each(redis: aioredis.Redis, count: int = 1, **options: Any) -> list[str]:
+    """`count` events in the outbox of each of STORES."""
+    return [eid for store in STORES for eid in await emit(redis, count, store=store, **options)]
+
+
+def assert_apart(target: RedisTarget) -> None:
+    """On the cluster: the outboxes of STORES are in different slots, on different masters."""
+    if target.cluster is None:
+        return
+    keys = [store_key(store, "events") for store in STORES]
+    assert len({key_slot(key.encode()) for key in keys}) == len(keys)
+    assert len({target.cluster.master_of(key) for key in keys}) == len(keys)

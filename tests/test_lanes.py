@@ -11,14 +11,19 @@ import statistics
 import time
 
 import redis.asyncio as aioredis
+from conftest import ON_BOTH, RedisTarget
 from helpers import eventually
 from lanes_harness import (
+    OTHER_STORE,
     STORE,
+    STORES,
     Endpoint,
     ServerFactory,
+    assert_apart,
     dispatcher,
     dispatching,
     emit,
+    emit_each,
     endpoint,
     hook,
 )
@@ -34,8 +39,13 @@ def delivered_all(target: Endpoint, ids: list[str]) -> bool:
     return set(ids) <= set(target.arrivals)
 
 
-async def group_names(redis: aioredis.Redis) -> set[str]:
-    return {g["name"] for g in await redis.xinfo_groups(Store(redis, STORE).events_key)}
+async def group_names(redis: aioredis.Redis, store: str = STORE) -> set[str]:
+    return {g["name"] for g in await redis.xinfo_groups(Store(redis, store).events_key)}
+
+
+async def groups_of_each(redis: aioredis.Redis) -> list[set[str]]:
+    """The consumer groups of each outbox of STORES."""
+    return [await group_names(redis, store) for store in STORES]
 
 
 async def claim_pass_after(found: Dispatcher, lane: str, moment: float) -> None:
@@ -46,18 +56,21 @@ async def claim_pass_after(found: Dispatcher, lane: str, moment: float) -> None:
     )
 
 
+@ON_BOTH
 async def test_a_slow_subscription_neither_slows_nor_duplicates_a_fast_one(
-    aiohttp_server: ServerFactory, redis_client: aioredis.Redis
+    aiohttp_server: ServerFactory, any_redis: RedisTarget
 ) -> None:
     """Before: the fast one got events at the slow one's pace, and with claim_idle 3 s the
-    dispatcher claimed its own in-flight entries: 13 deliveries for 8 events."""
+    dispatcher claimed its own in-flight entries: 13 deliveries for 8 events. Two stores,
+    whose outboxes are on two masters of the cluster."""
+    assert_apart(any_redis)
     slow = await endpoint(aiohttp_server, delay=1.0)
     fast = await endpoint(aiohttp_server)
     subs = [hook("slow", slow, concurrency=1), hook("fast", fast)]
-    found = dispatcher(redis_client, subs, claim_idle=3.0)
+    found = dispatcher(any_redis.client, subs, STORES, claim_idle=3.0)
     async with dispatching(found):
         emitted = time.monotonic()
-        ids = await emit(redis_client, 8)
+        ids = await emit_each(any_redis.client, 4)
         await eventually(lambda: delivered_all(fast, ids), 5, "the fast deliveries")
         fast_done = time.monotonic() - emitted
         await eventually(lambda: delivered_all(slow, ids), 20, "the slow deliveries")
@@ -97,81 +110,92 @@ async def test_a_black_holed_subscription_leaves_a_healthy_one_at_its_latency(
     assert backlog["events"] == 270 and backlog["pending"] > 0
 
 
+@ON_BOTH
 async def test_entries_of_a_consumer_that_is_gone_are_claimed_and_delivered(
-    aiohttp_server: ServerFactory, redis_client: aioredis.Redis
+    aiohttp_server: ServerFactory, any_redis: RedisTarget
 ) -> None:
+    redis = any_redis.client
     target = await endpoint(aiohttp_server)
     sub = hook("hook", target)
-    store = Store(redis_client, STORE)
-    await redis_client.xgroup_create(store.events_key, group_name("hook"), id="$", mkstream=True)
-    ids = await emit(redis_client, 3)
-    # A replica read them and died before it acknowledged them.
-    await redis_client.xreadgroup(group_name("hook"), "gone", {store.events_key: ">"})
-    found = dispatcher(redis_client, [sub], claim_idle=0.5)
+    keys = [Store(redis, store).events_key for store in STORES]
+    for key in keys:
+        await redis.xgroup_create(key, group_name("hook"), id="$", mkstream=True)
+    ids = await emit_each(redis, 3)
+    # A replica read them and died before it acknowledged them (one read per outbox: a
+    # cluster refuses one over two slots).
+    for key in keys:
+        await redis.xreadgroup(group_name("hook"), "gone", {key: ">"})
+    found = dispatcher(redis, [sub], STORES, claim_idle=0.5)
     async with dispatching(found):
         await eventually(lambda: delivered_all(target, ids), 10, "the claimed entries")
     assert target.counts() == dict.fromkeys(ids, 1)
-    assert found.stats["claimed"] == 3
+    assert found.stats["claimed"] == 6
 
 
+@ON_BOTH
 async def test_apply_starts_restarts_and_removes_lanes_while_running(
-    aiohttp_server: ServerFactory, redis_client: aioredis.Redis
+    aiohttp_server: ServerFactory, any_redis: RedisTarget
 ) -> None:
+    redis = any_redis.client
     first, second, third = [await endpoint(aiohttp_server) for _ in range(3)]
     a, b = hook("a", first, retry_schedule=["1h"]), hook("b", second)
-    found = dispatcher(redis_client, [a])
-    deliveries = Deliveries(redis_client)
+    found = dispatcher(redis, [a], STORES)
+    deliveries = Deliveries(redis)
     async with dispatching(found):
-        before = await emit(redis_client)
-        await eventually(lambda: delivered_all(first, before), 5, "a's first event")
+        before = await emit_each(redis)
+        await eventually(lambda: delivered_all(first, before), 5, "a's first events")
         first.status = 500  # a retry of a's is scheduled (an hour away) when a goes
-        [retried] = await emit(redis_client)
+        [retried] = await emit(redis)
         await eventually(lambda: _retrying(deliveries, "a"), 5, "a's retry")
 
         await found.apply([a, b])  # b is new: its groups start at `$`, history is replay's
-        assert await group_names(redis_client) == {"sub:a", "sub:b"}
-        after = await emit(redis_client)
+        assert await groups_of_each(redis) == [{"sub:a", "sub:b"}] * 2
+        after = await emit(redis, store=OTHER_STORE)
         await eventually(lambda: delivered_all(second, after), 5, "b's first event")
         assert retried in first.arrivals and not set(before) & set(second.arrivals)
 
         moved = hook("b", third)  # b's config changes: a new sink, the same group
         await found.apply([moved, b.model_copy(update={"name": "paused", "enabled": False})])
         assert set(found.lanes) == {"b"} and found.lanes["b"].sub == moved
-        assert await group_names(redis_client) == {"sub:b"}  # a's is deleted
+        assert await groups_of_each(redis) == [{"sub:b"}] * 2  # a's are deleted
         names = {s.name for s in found.supervisor.states()}
         assert "lane:b" in names and not any(n.startswith("lane:a") for n in names)
-        last = await emit(redis_client)
-        await eventually(lambda: delivered_all(third, last), 5, "b's event at its new url")
-    assert last[0] not in second.arrivals and last[0] not in first.arrivals
+        last = await emit_each(redis)
+        await eventually(lambda: delivered_all(third, last), 5, "b's events at its new url")
+    assert not set(last) & (set(second.arrivals) | set(first.arrivals))
     assert first.counts()[retried] == 1  # a's retries stopped
     assert await deliveries.retry_count("a") == 2  # ... and stay readable (`after` failed too)
-    assert len(await deliveries.attempts_for_subscription("a")) == 3
+    assert len(await deliveries.attempts_for_subscription("a")) == 4
 
 
 async def _retrying(deliveries: Deliveries, name: str) -> bool:
     return await deliveries.retry_count(name) == 1
 
 
+@ON_BOTH
 async def test_redis_losing_its_data_is_recovered_and_later_events_delivered(
-    aiohttp_server: ServerFactory, redis_client: aioredis.Redis
+    aiohttp_server: ServerFactory, any_redis: RedisTarget
 ) -> None:
     """Before: the dispatcher looped on NOGROUP forever and the log line lost the text."""
+    redis = any_redis.client
     target = await endpoint(aiohttp_server)
-    found = dispatcher(redis_client, [hook("hook", target)])
+    found = dispatcher(redis, [hook("hook", target)], STORES)
     with capture_logs() as logs:
         async with dispatching(found):
-            before = await emit(redis_client, 2)
+            before = await emit_each(redis, 2)
             await eventually(lambda: delivered_all(target, before), 5, "before the flush")
-            await redis_client.flushdb()  # as a Redis restarted without persistence
-            after = await emit(redis_client, 3)
+            await redis.flushdb()  # as a Redis restarted without persistence (every master)
+            after = await emit_each(redis, 3)
             await eventually(lambda: delivered_all(target, after), 10, "after the flush")
-            more = await emit(redis_client, 2)
+            more = await emit_each(redis, 2)
             await eventually(lambda: delivered_all(target, more), 5, "later still")
     lost = [e for e in logs if e["event"] == "state_lost"]
-    assert len(lost) == 1 and lost[0]["log_level"] == "error"
-    assert lost[0]["error"].startswith("NOGROUP No such key")
+    # One read found both outboxes' groups gone; on the cluster each slot's read on its own.
+    assert len(lost) == (1 if any_redis.cluster is None else len(STORES))
+    assert all(e["log_level"] == "error" for e in lost)
+    assert all(e["error"].startswith("NOGROUP No such key") for e in lost)
     assert target.counts() == dict.fromkeys(before + after + more, 1)
-    assert await group_names(redis_client) == {"sub:hook"}
+    assert await groups_of_each(redis) == [{"sub:hook"}] * 2
     assert not [e for e in logs if e["event"] == "loop_crashed"]
 
 
