@@ -5,16 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from cluster import ClusterUnavailable, LocalCluster, local_cluster
+from redis.crc import key_slot
 
 from bridge.app import open_redis
 from bridge.embedded import EmbeddedRedis, answers
+from bridge.keys import store_key
 
 IN_CI = bool(os.environ.get("CI"))
 # A database of its own, so that a developer's data in db 0 is left alone.
@@ -95,6 +97,15 @@ class RedisTarget:
     def config(self) -> dict[str, Any]:
         """The `redis` section of a config file that reaches it."""
         return {"url": self.url, "cluster": True} if self.cluster else {"url": self.url}
+
+    def assert_apart(self, stores: Sequence[str]) -> None:
+        """On the cluster: the outboxes of `stores` are in different slots, on different
+        masters (so delivery meets every multi-key command across slots and nodes)."""
+        if self.cluster is None:
+            return
+        keys = [store_key(store, "events") for store in stores]
+        assert len({key_slot(key.encode()) for key in keys}) == len(keys)
+        assert len({self.cluster.master_of(key) for key in keys}) == len(keys)
 
 
 # Runs a test on a single Redis and again on the cluster: `@ON_BOTH` above a test that takes

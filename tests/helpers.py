@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,11 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+# A store whose hash tag is in another slot (12193) than that of "shop" (3808), the store of
+# most tests, on another master of the test cluster (three: slots 0-5460, 5461-10922, ...).
+OTHER_STORE = "us-main"
 
 
 def new_secret() -> str:
@@ -94,20 +99,23 @@ def webhook(name: str, url: object, secret: str, **options: Any) -> dict[str, An
 
 
 def config_text(
-    redis_url: str,
-    store: str,
+    redis_url: str | dict[str, Any],
+    store: str | Sequence[str],
     api_base: str,
     subscriptions: list[dict[str, Any]],
     *,
     store_options: dict[str, Any] | None = None,
     **top: Any,
 ) -> str:
-    """A config file: one store on the simulator at `api_base`, `subscriptions`, and any
-    top-level keys (`api`, `data_dir`, ...). Written as JSON, which is YAML."""
+    """A config file: one store (or several alike) on the simulator at `api_base`,
+    `subscriptions`, and any top-level keys (`api`, `data_dir`, ...). Written as JSON, which is
+    YAML. `redis_url`: a url, or the whole `redis` section (RedisTarget.config)."""
+    names = [store] if isinstance(store, str) else list(store)
+    options = {"api_base": api_base, **FAST_STORE, **(store_options or {})}
     data = {
-        "redis": {"url": redis_url},
+        "redis": redis_url if isinstance(redis_url, dict) else {"url": redis_url},
         **top,
-        "stores": [{"name": store, "api_base": api_base, **FAST_STORE, **(store_options or {})}],
+        "stores": [{"name": name, **options} for name in names],
         "subscriptions": subscriptions,
     }
     return json.dumps(data, default=str)

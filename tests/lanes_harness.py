@@ -16,14 +16,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from conftest import RedisTarget
-from helpers import new_secret
-from redis.crc import key_slot
+from helpers import OTHER_STORE, new_secret
 
 from bridge.dispatcher import Dispatcher
 from bridge.events import event_id
 from bridge.jobs import Job
-from bridge.keys import store_key
 from bridge.sinks.base import SinkContext
 from bridge.sinks.registry import build_sink
 from bridge.sinks.webhook import WebhookSubscription
@@ -31,10 +28,7 @@ from bridge.store import Observation, Store
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 STORE = "shop"
-# A second store whose hash tag is in another slot than STORE's (3808 and 12193), on another
-# master of the test cluster (three masters: slots 0-5460, 5461-10922, 10923-16383).
-OTHER_STORE = "us-main"
-STORES = (STORE, OTHER_STORE)
+STORES = (STORE, OTHER_STORE)  # on the cluster: two slots, two masters
 SECRET = new_secret()
 
 
@@ -136,12 +130,3 @@ async def emit(
 async def emit_each(redis: aioredis.Redis, count: int = 1, **options: Any) -> list[str]:
     """`count` events in the outbox of each of STORES."""
     return [eid for store in STORES for eid in await emit(redis, count, store=store, **options)]
-
-
-def assert_apart(target: RedisTarget) -> None:
-    """On the cluster: the outboxes of STORES are in different slots, on different masters."""
-    if target.cluster is None:
-        return
-    keys = [store_key(store, "events") for store in STORES]
-    assert len({key_slot(key.encode()) for key in keys}) == len(keys)
-    assert len({target.cluster.master_of(key) for key in keys}) == len(keys)

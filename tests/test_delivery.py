@@ -18,7 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from helpers import config_text, eventually, new_secret, running, webhook
+from conftest import ON_BOTH, RedisTarget
+from helpers import OTHER_STORE, config_text, eventually, new_secret, running, webhook
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -35,6 +36,8 @@ from bridge.tasks import CANCEL_WAIT
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 STORE = "shop"
+# Events go to two stores' outboxes in turn: on the cluster, in two slots on two masters.
+STORES = (STORE, OTHER_STORE)
 SUB = "hook"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,7 +108,7 @@ class World:
     """A simulator (the poller's API, empty), one receiver, and the config that joins them."""
 
     redis: aioredis.Redis
-    redis_url: str
+    redis_url: dict[str, Any]  # the config's `redis` section
     sim_url: str
     receiver: Receiver
     receiver_url: str
@@ -117,7 +120,7 @@ class World:
             top["allow_private_networks"] = True
         options = {"retry_schedule": ["100ms", "200ms"], **sub}
         subscription = webhook(SUB, self.receiver_url, SECRET, **options)
-        return config_text(self.redis_url, STORE, self.sim_url, [subscription], **top)
+        return config_text(self.redis_url, STORES, self.sim_url, [subscription], **top)
 
     def config(self, **kwargs: Any) -> tuple[BridgeConfig, Path]:
         """The parsed config, and the same written to a file for the CLI."""
@@ -127,11 +130,17 @@ class World:
         return parse_config(text, environ={}), path
 
     async def emit(self, count: int = 1, job_type: str = "product-import") -> list[str]:
-        """Append `count` events (first sightings of new pending jobs) to the outbox."""
+        """Append `count` events (first sightings of new pending jobs) to the outboxes of
+        STORES in turn, the first to STORE's."""
         jobs = [new_job(job_type) for _ in range(count)]
-        outcomes = await Store(self.redis, STORE).observe(Observation(job) for job in jobs)
-        assert [o.result for o in outcomes] == ["emitted"] * count
-        return [event_id(STORE, "pcm", job.id, "pending") for job in jobs]
+        for index, store in enumerate(STORES):
+            mine = jobs[index :: len(STORES)]
+            outcomes = await Store(self.redis, store).observe(Observation(job) for job in mine)
+            assert [o.result for o in outcomes] == ["emitted"] * len(mine)
+        return [
+            event_id(STORES[index % len(STORES)], "pcm", job.id, "pending")
+            for index, job in enumerate(jobs)
+        ]
 
 
 def new_job(job_type: str = "product-import") -> Job:
@@ -168,20 +177,16 @@ async def retry_fence(deliveries: Deliveries, due_in: float) -> None:
 
 
 @pytest.fixture
-async def world(
-    aiohttp_server: ServerFactory,
-    redis_client: aioredis.Redis,
-    redis_url: str,
-    tmp_path: Path,
-) -> World:
+async def world(aiohttp_server: ServerFactory, any_redis: RedisTarget, tmp_path: Path) -> World:
+    any_redis.assert_apart(STORES)
     sim_server = await aiohttp_server(make_app(Simulator(seed=7)))
     receiver = Receiver(SECRET)
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
     hook_server = await aiohttp_server(app)
     return World(
-        redis_client,
-        redis_url,
+        any_redis.client,
+        any_redis.config,
         str(sim_server.make_url("")).rstrip("/"),
         receiver,
         str(hook_server.make_url("/hook")),
@@ -209,6 +214,7 @@ async def jobs_bridge(*args: str | Path) -> str:
 # -- retries -------------------------------------------------------------------------------
 
 
+@ON_BOTH
 async def test_retried_until_the_receiver_recovers(world: World) -> None:
     failures = 2
 
@@ -248,6 +254,7 @@ async def test_retried_until_the_receiver_recovers(world: World) -> None:
     assert health.enabled and health.failing_since is None
 
 
+@ON_BOTH
 async def test_dead_letter_listed_and_replayed_with_the_cli(world: World) -> None:
     world.receiver.respond = always(500)
     config, path = world.config()
@@ -326,6 +333,7 @@ async def _dead_letters(deliveries: Deliveries, count: int) -> bool:
 # -- subscription health -------------------------------------------------------------------
 
 
+@ON_BOTH
 async def test_410_disables_then_enable_and_replay_with_the_cli(world: World) -> None:
     world.receiver.respond = always(410)
     config, path = world.config()
@@ -444,6 +452,7 @@ async def test_cancelled_mid_delivery_then_claimed_by_a_new_bridge(world: World)
         await asyncio.wait({first}, timeout=30)
 
 
+@ON_BOTH
 async def test_killed_mid_delivery_then_claimed_by_a_new_bridge(world: World) -> None:
     """A bridge process SIGKILLed with deliveries in flight: a new one claims and sends them."""
     release = asyncio.Event()
@@ -481,6 +490,7 @@ async def test_killed_mid_delivery_then_claimed_by_a_new_bridge(world: World) ->
     assert world.receiver.unverified == 0
 
 
+@ON_BOTH
 async def test_backlog_delivered_without_exhausting_redis_connections(world: World) -> None:
     config, _ = world.config()
     async with running(config, world.redis):  # its consumer group exists from now on
