@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from conftest import ON_BOTH, RedisTarget
 from helpers import eventually, make_config, new_secret, running, webhook
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -72,7 +73,7 @@ class Pipeline:
     sim: Simulator
     sim_url: str
     redis: aioredis.Redis
-    redis_url: str
+    redis_url: dict[str, Any]  # the config's `redis` section
     server_factory: ServerFactory
     api_statuses: Counter[int]  # every status the fake API answered
     store: Store = field(init=False)
@@ -146,9 +147,7 @@ class Pipeline:
 
 
 @pytest.fixture
-async def pipe(
-    aiohttp_server: ServerFactory, redis_client: aioredis.Redis, redis_url: str
-) -> Pipeline:
+async def pipe(aiohttp_server: ServerFactory, any_redis: RedisTarget) -> Pipeline:
     sim = Simulator(seed=11)
     statuses: Counter[int] = Counter()
 
@@ -162,7 +161,7 @@ async def pipe(
     app.middlewares.insert(0, count_statuses)  # outermost: sees the injected faults too
     server = await aiohttp_server(app)
     base = str(server.make_url("")).rstrip("/")
-    return Pipeline(sim, base, redis_client, redis_url, aiohttp_server, statuses)
+    return Pipeline(sim, base, any_redis.client, any_redis.config, aiohttp_server, statuses)
 
 
 def iso_ms(ns: int | None) -> str | None:
@@ -241,6 +240,7 @@ def assert_cloudevents(
         assert ("errors" in data) == (status == "failed")
 
 
+@ON_BOTH
 async def test_each_transition_delivered_as_a_cloudevent(pipe: Pipeline) -> None:
     sim = pipe.sim
     sim.bulk_create(5)  # history before the bridge: recorded silently by the baseline
@@ -299,6 +299,7 @@ async def test_each_transition_delivered_as_a_cloudevent(pipe: Pipeline) -> None
 # -- routing and signatures ----------------------------------------------------------------
 
 
+@ON_BOTH
 async def test_filters_route_each_subscription_its_events(pipe: Pipeline) -> None:
     sim = pipe.sim
     failures, exports, everything = (
@@ -418,6 +419,7 @@ async def test_shuffled_baseline_keeps_history_silent(pipe: Pipeline) -> None:
     assert receiver.events == []
 
 
+@ON_BOTH
 async def test_api_faults_neither_lose_nor_invent_events(pipe: Pipeline) -> None:
     sim = pipe.sim
     sim.bulk_create(20)
