@@ -17,7 +17,7 @@ import aiohttp
 import jsonschema
 import nats
 import nats.js.errors
-from conftest import require_service
+from conftest import ON_BOTH, RedisTarget, require_service
 from fakeslack import WEBHOOK_PATH, FakeSlack
 from helpers import (
     WebhookReceiver,
@@ -31,8 +31,10 @@ from helpers import (
 )
 from test_queue_sinks import NATS_URL, RABBITMQ_URL, _tcp_reachable
 
+from bridge.catalog import Catalog
 from bridge.deliveries import Deliveries
-from bridge.keys import SUBSCRIPTIONS, SUBSCRIPTIONS_VERSION
+from bridge.keys import SUBSCRIPTIONS, SUBSCRIPTIONS_CHANNEL, SUBSCRIPTIONS_VERSION
+from bridge.live import RECHECK
 from bridge.simulator import Simulator, make_app
 
 TOKEN = "let-me-in"
@@ -104,10 +106,11 @@ def hook_entry(receiver: WebhookReceiver, **options: Any) -> dict[str, Any]:
     return {**entry, **options}
 
 
+@ON_BOTH
 async def test_put_replace_delete_take_effect_on_the_next_transition(
-    aiohttp_server, redis_url, redis_client
+    aiohttp_server, any_redis: RedisTarget
 ):
-    async with api_bridge(aiohttp_server, redis_url, redis_client) as api:
+    async with api_bridge(aiohttp_server, any_redis.config, any_redis.client) as api:
         first = await start_receiver(aiohttp_server)
         status, view = await api.put("team", hook_entry(first))
         assert status == 201 and view["origin"] == "api" and view["secrets"] == ["***"]
@@ -318,8 +321,10 @@ async def test_every_type_through_the_api(aiohttp_server, redis_url, redis_clien
         await redis_client.delete(stream)
 
 
-async def test_another_bridge_sees_a_change_within_seconds(aiohttp_server, redis_url, redis_client):
-    async with api_bridge(aiohttp_server, redis_url, redis_client) as api:
+@ON_BOTH
+async def test_another_bridge_sees_a_change_within_seconds(aiohttp_server, any_redis: RedisTarget):
+    redis_client = any_redis.client
+    async with api_bridge(aiohttp_server, any_redis.config, redis_client) as api:
         other_config = api.bridge.live.file_config.model_copy(update={"api": None})
         async with running(other_config, redis_client) as other:
             await eventually(lambda: "fixed" in other.dispatcher.subscriptions)
@@ -332,3 +337,24 @@ async def test_another_bridge_sees_a_change_within_seconds(aiohttp_server, redis
             await redis_client.hdel(SUBSCRIPTIONS, "team")
             await redis_client.incr(SUBSCRIPTIONS_VERSION)
             await eventually(lambda: "team" not in other.dispatcher.subscriptions, timeout=5)
+
+
+@ON_BOTH
+async def test_a_change_is_announced_at_once(any_redis: RedisTarget) -> None:
+    """The message every process listens for (bridge.live), before its version check would
+    find the change (RECHECK): on the cluster, through its pub/sub and with the catalog's
+    transaction in one slot."""
+    catalog = Catalog(any_redis.client)
+    pubsub = any_redis.client.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(SUBSCRIPTIONS_CHANNEL)
+        await catalog.put("team", {"type": "webhook", "url": "https://example.com/hook"})
+        started = time.monotonic()
+        message = await eventually(lambda: pubsub.get_message(timeout=0.1), RECHECK / 2)
+        assert message["data"] == "1" and time.monotonic() - started < RECHECK
+        assert await catalog.read() == (
+            1,
+            {"team": {"type": "webhook", "url": "https://example.com/hook"}},
+        )
+    finally:
+        await pubsub.aclose()
