@@ -80,6 +80,25 @@ async def test_a_slow_subscription_neither_slows_nor_duplicates_a_fast_one(
     assert found.stats["claimed"] == 0
 
 
+@ON_BOTH
+async def test_an_event_in_any_outbox_wakes_the_lanes_at_once(
+    aiohttp_server: ServerFactory, any_redis: RedisTarget
+) -> None:
+    """The watch's blocking read (on the cluster, one per slot) wakes the lanes: they do not
+    wait for their own look at the outboxes, every `block` seconds."""
+    any_redis.assert_apart(STORES)
+    target = await endpoint(aiohttp_server)
+    found = dispatcher(any_redis.client, [hook("hook", target)], STORES, block=5.0)
+    latencies = []
+    async with dispatching(found):
+        for store in STORES * 5:
+            sent = time.monotonic()
+            [eid] = await emit(any_redis.client, store=store)
+            await eventually(lambda e=eid: e in target.arrivals, 10, f"an event of {store}")
+            latencies.append(target.arrivals[eid][0] - sent)
+    assert max(latencies) < 1.0, latencies  # not up to 5 s
+
+
 async def test_a_black_holed_subscription_leaves_a_healthy_one_at_its_latency(
     aiohttp_server: ServerFactory, redis_client: aioredis.Redis
 ) -> None:
