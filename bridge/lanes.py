@@ -181,25 +181,22 @@ class Lane:
     async def _read(self, streams: dict[str, str], count: int, *, fresh: bool) -> int:
         """Read `streams` (key -> id) through the group and handle what came; how many
         entries came. One XREADGROUP per hash slot on a cluster (bridge.slots)."""
-        results = await per_slot(self.redis, streams, functools.partial(self._read_slot, count))
+        found = await per_slot(self.redis, streams, functools.partial(self._xreadgroup, count))
         taken = 0
-        for replies in results:
-            for key, entries in () if isinstance(replies, BaseException) else replies:
-                await self._handle(key, [entry for entry in entries if entry[1]], fresh=fresh)
-                taken += len(entries)
-        if failed := [error for error in results if isinstance(error, BaseException)]:
-            raise failed[0]  # once what the other slots read is in hand
+        for keys, replies in found:
+            if is_nogroup(replies):
+                await self._recover(replies, keys)
+            elif not isinstance(replies, BaseException):
+                for key, entries in replies or ():
+                    await self._handle(key, [entry for entry in entries if entry[1]], fresh=fresh)
+                    taken += len(entries)
+        for _keys, failed in found:
+            if isinstance(failed, BaseException) and not is_nogroup(failed):
+                raise failed  # once what the other slots read is in hand
         return taken
 
-    async def _read_slot(self, count: int, streams: dict[str, str]) -> list[Any]:
-        try:
-            replies = await self.redis.xreadgroup(self.group, self.consumer, streams, count=count)
-        except Exception as exc:
-            if not is_nogroup(exc):
-                raise
-            await self._recover(exc, list(streams))
-            return []
-        return list(replies or [])
+    def _xreadgroup(self, count: int, client: Any, streams: dict[str, str]) -> Any:
+        return client.xreadgroup(self.group, self.consumer, streams, count=count)
 
     async def _recover(self, exc: BaseException, keys: list[str]) -> None:
         """The group is gone from `keys` (Redis, or the cluster node of their slot, lost its

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 ONE_SERVER = 0  # the one group of a single Redis
 
-T = TypeVar("T")
+Streams = dict[str, str]  # stream key -> the id to read after
+# Issues one command over `streams` on a client or a pipeline (whose methods queue it).
+Command = Callable[[Any, Streams], Any]
 
 
 def is_cluster(redis: Any) -> bool:
@@ -45,16 +47,28 @@ def _by_slot(keys: tuple[str, ...]) -> tuple[tuple[int, tuple[str, ...]], ...]:
 
 
 async def per_slot(
-    redis: Any, streams: dict[str, str], read: Callable[[dict[str, str]], Awaitable[T]]
-) -> list[T | BaseException]:
-    """`read` once for the `streams` (key -> id) of each hash slot, all at once: what each
-    call returned, or the error it raised (one slot failing over spoils no other's reply).
-    On a single Redis, one call with every stream."""
+    redis: Any, streams: Streams, command: Command, *, blocking: bool = False
+) -> list[tuple[list[str], Any]]:
+    """`command(client, streams)` for the `streams` of each hash slot: the keys of each
+    call and its reply, or the error it raised (one slot failing over spoils no other's
+    reply). On a single Redis, one call with every stream. On a cluster, one pipeline: each
+    node gets its slots' commands at once, on one connection (a read over hundreds of
+    outboxes takes a connection per node, not per slot); `blocking` commands instead each
+    take a connection of their own, all at once, so that none waits behind another."""
     groups = by_slot(redis, list(streams))
-    if len(groups) > 1:
-        calls = (read({key: streams[key] for key in keys}) for keys in groups.values())
-        return await asyncio.gather(*calls, return_exceptions=True)
-    try:
-        return [await read(streams)]
-    except Exception as exc:
-        return [exc]
+    if len(groups) <= 1:
+        keys = list(streams)
+        try:
+            return [(keys, await command(redis, streams))]
+        except Exception as exc:
+            return [(keys, exc)]
+    parts = [{key: streams[key] for key in keys} for keys in groups.values()]
+    if blocking:
+        calls = (command(redis, part) for part in parts)
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+    else:
+        async with redis.pipeline(transaction=False) as pipe:
+            for part in parts:
+                command(pipe, part)
+            replies = await pipe.execute(raise_on_error=False)
+    return [(list(part), reply) for part, reply in zip(parts, replies, strict=True)]

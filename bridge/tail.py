@@ -3,7 +3,6 @@ subscription, the outcome of each delivery attempt, read from Redis by any proce
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -46,7 +45,7 @@ async def follow(
     if on_ready is not None:
         on_ready()
     while True:
-        for replies in await per_slot(redis, positions, functools.partial(_read, redis)):
+        for _keys, replies in await per_slot(redis, positions, _read, blocking=True):
             if isinstance(replies, BaseException):
                 raise replies
             for key, entries in replies:
