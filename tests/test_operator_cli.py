@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from conftest import ON_BOTH
 from helpers import config_text, eventually, running, start_receiver, webhook
 from rich.console import Console
 
@@ -40,21 +41,30 @@ async def finished(process: asyncio.subprocess.Process) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-async def setup(aiohttp_server, tmp_path, redis_url, **hook_options):
+async def setup(aiohttp_server, tmp_path, redis_url, *, quiet_store=None, **hook_options):
+    """The store "ops" on a simulator, and `quiet_store` (if any) on one with no jobs."""
     sim = Simulator()
     server = await aiohttp_server(make_app(sim))
     receiver = await start_receiver(aiohttp_server)
     path = tmp_path / "bridge.yaml"
     hook = webhook("hook", receiver.url, receiver.secret, allow_private_networks=True)
     api_base = str(server.make_url("")).rstrip("/")
-    path.write_text(config_text(redis_url, "ops", api_base, [{**hook, **hook_options}]))
+    config = json.loads(config_text(redis_url, "ops", api_base, [{**hook, **hook_options}]))
+    if quiet_store is not None:
+        quiet = str((await aiohttp_server(make_app(Simulator()))).make_url("")).rstrip("/")
+        config["stores"].append({**config["stores"][0], "name": quiet_store, "api_base": quiet})
+    path.write_text(json.dumps(config))
     return sim, receiver, path
 
 
-async def test_tail_json_prints_one_line_per_event(
-    aiohttp_server, tmp_path, redis_url, redis_client
-):
-    sim, _receiver, path = await setup(aiohttp_server, tmp_path, redis_url)
+@ON_BOTH
+async def test_tail_json_prints_one_line_per_event(aiohttp_server, tmp_path, any_redis):
+    """Over two outboxes and an attempt log: on the cluster, three slots on two masters."""
+    any_redis.assert_apart(["ops", "shop"])
+    redis_client = any_redis.client
+    sim, _receiver, path = await setup(
+        aiohttp_server, tmp_path, any_redis.config, quiet_store="shop"
+    )
     async with running(load_config(path), redis_client):
         await eventually(lambda: redis_client.hget("jb:{ops}:meta", "baseline:pcm"))
         events = await jobs_bridge(path, "tail", "--json")
