@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
 from cluster import LocalCluster
+from conftest import ON_BOTH, RedisTarget
 from helpers import eventually, make_config, new_secret, webhook
 from lanes_harness import STORE, ServerFactory, dispatcher, dispatching, new_job
 from ordering_kit import eid, move, ordered, receiver
@@ -30,9 +31,11 @@ from bridge.ordering import JobOrder
 from bridge.store import Observation, Store, event_from_outbox
 
 
+@ON_BOTH
 async def test_a_retried_event_holds_back_its_job_only(
-    aiohttp_server: ServerFactory, redis_client: aioredis.Redis
+    aiohttp_server: ServerFactory, any_redis: RedisTarget
 ) -> None:
+    redis_client = any_redis.client
     a, b = new_job("pending"), new_job("pending")
     target = await receiver(aiohttp_server, failing={(a.id, "started"): 3})
     found = dispatcher(redis_client, [ordered("ordered", target)])
@@ -115,11 +118,13 @@ async def test_parked_events_outlive_a_crash(
     assert target.of(a) == [("started", 500), ("started", 204), ("success", 204)]
 
 
+@ON_BOTH
 async def test_replicas_draining_a_backlog_keep_each_job_in_order(
-    aiohttp_server: ServerFactory, redis_client: aioredis.Redis
+    aiohttp_server: ServerFactory, any_redis: RedisTarget
 ) -> None:
     """Two processes read one subscription's group in small batches; a job's events sit next
     to each other in the outbox, so consecutive ones often go to different replicas."""
+    redis_client = any_redis.client
     target = await receiver(aiohttp_server, delay=0.01, jitter=True)
     sub = ordered("ordered", target)
     replicas = [dispatcher(redis_client, [sub], batch=2) for _ in range(2)]

@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from conftest import ON_BOTH, RedisTarget
 from fakeslack import TOKEN, WEBHOOK_PATH, FakeSlack, Fault, Message, block_kit_problem
 from helpers import eventually
 from structlog.testing import capture_logs
@@ -124,8 +125,10 @@ SinkFactory = Callable[..., Awaitable[SlackSink]]
 
 
 @pytest.fixture
-async def sink_for(slack: Slack, redis_client: aioredis.Redis) -> AsyncIterator[SinkFactory]:
-    """Started sinks aimed at the fake (127.0.0.1, so private networks are allowed)."""
+async def sink_for(slack: Slack, any_redis: RedisTarget) -> AsyncIterator[SinkFactory]:
+    """Started sinks aimed at the fake (127.0.0.1, so private networks are allowed), their
+    state in `any_redis`."""
+    redis_client = any_redis.client
     sinks: list[SlackSink] = []
 
     async def make(mode: str = "bot", name: str = "failed-imports", **kwargs: Any) -> SlackSink:
@@ -238,9 +241,11 @@ def test_statuses_choose_colour_and_header() -> None:
 # Bot mode: one message per job
 
 
+@ON_BOTH
 async def test_bot_updates_one_message_per_job_and_threads_errors(
-    slack: Slack, sink_for: SinkFactory, redis_client: aioredis.Redis
+    slack: Slack, sink_for: SinkFactory, any_redis: RedisTarget
 ) -> None:
+    redis_client = any_redis.client
     sink = await sink_for("bot")
     for status in ("pending", "started"):
         assert (await deliver(sink, job_event(status))).ok
@@ -334,9 +339,11 @@ async def test_webhook_mode_posts_one_message_per_event(
 
 
 @pytest.mark.parametrize("mode", ["webhook", "bot"])
+@ON_BOTH
 async def test_failure_storm_becomes_one_digest_and_nothing_is_lost(
-    mode: str, slack: Slack, sink_for: SinkFactory, redis_client: aioredis.Redis
+    mode: str, slack: Slack, sink_for: SinkFactory, any_redis: RedisTarget
 ) -> None:
+    redis_client = any_redis.client
     sink = await sink_for(mode, group_threshold=3, group_window=1.0)
     job_ids = [f"job-{n:02d}" for n in range(10)]
     events = [
@@ -392,12 +399,14 @@ async def test_digest_lists_the_first_and_counts_the_rest(
     assert digest.header() == ":rotating_light: 40 jobs failed in the last 0.5 s"
 
 
+@ON_BOTH
 async def test_digest_left_over_at_shutdown_is_sent_on_start(
     slack: Slack,
     sink_for: SinkFactory,
     aiohttp_server: ServerFactory,
-    redis_client: aioredis.Redis,
+    any_redis: RedisTarget,
 ) -> None:
+    redis_client = any_redis.client
     first = await sink_for("webhook", group_threshold=0, group_window=1.0)
     waiting = [
         asyncio.create_task(deliver(first, job_event("failed", job_id=f"job-{n}")))
