@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import ON_BOTH, RedisTarget
 from lanes_harness import STORE, Endpoint, emit, hook
 from structlog.testing import capture_logs
 
@@ -46,11 +47,11 @@ async def groups(redis: aioredis.Redis, *subs: str) -> None:
         await redis.xgroup_create(events_key(), group_name(sub), id="$", mkstream=True)
 
 
-async def test_trimming_never_removes_what_a_subscription_owes(
-    redis_client: aioredis.Redis,
-) -> None:
+@ON_BOTH
+async def test_trimming_never_removes_what_a_subscription_owes(any_redis: RedisTarget) -> None:
     """Before: every append trimmed by age alone; with a 2 s retention, 2 of 301 events
     reached a subscription that was behind, and nothing was logged."""
+    redis_client = any_redis.client
     await groups(redis_client, "running", "stopped")
     await emit(redis_client, 30)
     entries = [entry_id for entry_id, _ in await redis_client.xrange(events_key())]
@@ -73,9 +74,11 @@ async def test_trimming_never_removes_what_a_subscription_owes(
     assert await read(redis_client, "running", 1) == kept
 
 
+@ON_BOTH
 async def test_past_the_hard_cap_what_is_dropped_is_dead_lettered_for_who_owed_it(
-    redis_client: aioredis.Redis,
+    any_redis: RedisTarget,
 ) -> None:
+    redis_client = any_redis.client
     await groups(redis_client, "done", "behind", "failures-only")
     ids = await emit(redis_client, 6, status="success") + await emit(redis_client, 6)
     await read(redis_client, "done", 12)
