@@ -10,7 +10,9 @@ from redis.asyncio.cluster import RedisCluster
 
 REDIS_CONNECTIONS = 50
 # Per node of a cluster. Its client does not wait for a free connection as the single one
-# does (it raises MaxConnectionsError): room for every delivery in flight.
+# does (it raises MaxConnectionsError, a ConnectionError the loops retry; redis-py's async
+# cluster client has no blocking pool): room for every delivery in flight, and for the
+# outbox watch's blocking read of each slot on the node that holds an outbox (bridge.outbox).
 CLUSTER_CONNECTIONS = 250
 
 # Trouble that a retry outlives: a node down or failing over (ConnectionError, TimeoutError,
