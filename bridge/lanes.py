@@ -1,7 +1,8 @@
 """One subscription's way through the outbox: its consumer group, its workers, its retries.
 
 A lane reads every outbox stream through its subscription's own consumer group, so a slow,
-failing or disabled subscription holds back no other. An entry is acknowledged once its
+failing or disabled subscription holds back no other (on a Redis Cluster, the outboxes of each
+hash slot with a call of their own: bridge.slots). An entry is acknowledged once its
 delivery succeeded or was handed to the retry schedule or the dead-letter stream; entries that
 do not match the filter are acknowledged at once. Entries a lane holds (read or claimed, not
 yet acknowledged) are kept fresh with `XCLAIM ... JUSTID` every `claim_idle / 3`, so only
