@@ -33,7 +33,7 @@ from bridge.keys import group_name
 from bridge.ordering import JobOrder
 from bridge.outbox import Decoded, Watch, create_group, is_nogroup
 from bridge.sinks import DeliveryResult, Sink
-from bridge.slots import per_slot
+from bridge.slots import xreadgroup
 from bridge.tasks import Supervisor, describe, repeat
 from bridge.workers import Workers
 
@@ -143,7 +143,8 @@ class Lane:
         stopped = False
         try:
             await self.sink.start()
-            await self._take_own_pending()
+            # Entries this consumer read before (a lane restarted in this process) go first.
+            await self._read(dict.fromkeys(self.outbox_keys, "0"), self.window, fresh=False)
             for name, step, pause in (
                 ("consume", self._consume_once, 0.0),
                 ("ack", self._flush_acks, ACK_EVERY),
@@ -173,16 +174,12 @@ class Lane:
             await self.sink.close()
             log.info("lane_stopped", subscription=self.name, **self.counts)
 
-    async def _take_own_pending(self) -> None:
-        """Entries this consumer read before (a lane restarted in this process) go first."""
-        await self._read(dict.fromkeys(self.outbox_keys, "0"), self.window, fresh=False)
-
     # -- the outbox ----------------------------------------------------------------------
 
     async def _read(self, streams: dict[str, str], count: int, *, fresh: bool) -> int:
         """Read `streams` (key -> id) through the group and handle what came; how many
         entries came. One XREADGROUP per hash slot on a cluster (bridge.slots)."""
-        found = await per_slot(self.redis, streams, functools.partial(self._xreadgroup, count))
+        found = await xreadgroup(self.redis, self.group, self.consumer, streams, count)
         taken = 0
         for keys, replies in found:
             if is_nogroup(replies):
@@ -196,12 +193,9 @@ class Lane:
                 raise failed  # once what the other slots read is in hand
         return taken
 
-    def _xreadgroup(self, count: int, client: Any, streams: dict[str, str]) -> Any:
-        return client.xreadgroup(self.group, self.consumer, streams, count=count)
-
     async def _recover(self, exc: BaseException, keys: list[str]) -> None:
-        """The group is gone from `keys` (Redis, or the cluster node of their slot, lost its
-        data): create it again, from each stream's start."""
+        """The group is gone from `keys` (Redis, or the node of their slot, lost its data):
+        create it again, from each stream's start."""
         log.error("state_lost", subscription=self.name, error=str(exc), group=self.group)
         for key in keys:
             self.held.pop(key, None)

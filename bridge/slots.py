@@ -72,3 +72,14 @@ async def per_slot(
                 command(pipe, part)
             replies = await pipe.execute(raise_on_error=False)
     return [(list(part), reply) for part, reply in zip(parts, replies, strict=True)]
+
+
+async def xreadgroup(
+    redis: Any, group: str, consumer: str, streams: Streams, count: int
+) -> list[tuple[list[str], Any]]:
+    """XREADGROUP of `group` as `consumer` over `streams`, per hash slot (see per_slot)."""
+
+    def command(client: Any, part: Streams) -> Any:
+        return client.xreadgroup(group, consumer, part, count=count)
+
+    return await per_slot(redis, streams, command)
