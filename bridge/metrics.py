@@ -87,11 +87,18 @@ class Metrics:
             buckets=BOUNDS,
             registry=self.registry,
         )
+        self._delivery_durations: dict[str, Histogram] = {}
         self._collector = _BridgeCollector()
         self.registry.register(self._collector)
 
     def observe_delivery(self, subscription: str, result: DeliveryResult) -> None:
-        self.delivery_duration.labels(subscription).observe(result.duration_ms / 1000)
+        # The labelled child looked up once per subscription: this runs once per delivery.
+        child = self._delivery_durations.get(subscription)
+        if child is None:
+            child = self._delivery_durations[subscription] = self.delivery_duration.labels(
+                subscription
+            )
+        child.observe(result.duration_ms / 1000)
 
     def observe_job(self, store: str, job: Job, wait: float | None, run: float | None) -> None:
         self.jobs_finished.labels(store, job.source, job.type, job.status).inc()

@@ -51,3 +51,10 @@ def test_text_orjson_refuses_is_read_by_the_standard_library() -> None:
     assert math.isnan(jsoncodec.loads('{"x": NaN}')["x"])
     with pytest.raises(ValueError):
         jsoncodec.loads("{not json")
+
+
+@pytest.mark.parametrize("number", [2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**30])
+def test_integers_at_and_past_64_bits_are_read_exactly(number: int) -> None:
+    text = f'{{"id": "job-1", "meta": {{"records": {number}}}}}'
+    assert jsoncodec.loads(text) == {"id": "job-1", "meta": {"records": number}}
+    assert jsoncodec.loads(text.encode()) == json.loads(text)
