@@ -1,7 +1,8 @@
 """Benchmark: isolation and bounded state of delivery (issue 9).
 
 Run: `python bench/isolation.py [--events 100000]` (Redis at REDIS_URL, default
-redis://127.0.0.1:6379/13, is flushed at start and end). Prints numbers, asserts nothing.
+redis://127.0.0.1:6379/14, is flushed at start and end). Prints numbers, asserts nothing;
+writes bench/results/isolation.json.
 
 1. A healthy webhook subscription's change-to-receipt latency (append before `observe` to first
    arrival at the receiver), events appended at a steady rate, alone and then with a
@@ -17,27 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import multiprocessing
 import socket
-import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
+import harness
 import redis.asyncio as aioredis
-import structlog
-
-sys.path.insert(0, str(Path(__file__).parent))
-from webhook_throughput import (
-    REDIS_URL,
-    SECRET,
-    STORE,
-    ReceiverClient,
-    new_jobs,
-    serve_receiver,
-)
+from harness import SECRET, Receiver
+from webhook_throughput import STORE, new_jobs
 
 from bridge.app import open_redis
 from bridge.dispatcher import Dispatcher
@@ -49,7 +37,8 @@ from bridge.sinks.webhook import WebhookSubscription
 from bridge.store import Observation, Store
 
 LATENCY_RATE = 100  # events per second
-LATENCY_SECONDS = 10.0
+LATENCY_SECONDS = harness.quick(10.0, 3.0)
+EVENTS = harness.quick(100_000, 5_000)
 
 
 def subscription(name: str, url: str, **options: Any) -> WebhookSubscription:
@@ -75,17 +64,21 @@ def black_hole() -> tuple[socket.socket, str]:
     return sock, f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
 
 
-def percentiles(values: list[float]) -> str:
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return (
-        f"p50 {statistics.median(ordered):6.1f} ms  p99 {p99:6.1f} ms  "
-        f"max {ordered[-1]:6.1f} ms  (n={len(ordered)})"
-    )
+def percentiles(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": harness.percentile(values, 50),
+        "p99": harness.percentile(values, 99),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def show(p: dict[str, float]) -> str:
+    return f"p50 {p['p50']:6.1f} ms  p99 {p['p99']:6.1f} ms  max {p['max']:6.1f} ms  (n={p['n']})"
 
 
 async def latency(
-    redis: aioredis.Redis, receiver: ReceiverClient, subs: list[WebhookSubscription]
+    redis: aioredis.Redis, receiver: Receiver, subs: list[WebhookSubscription]
 ) -> list[float]:
     """Milliseconds from append to first arrival at the healthy receiver."""
     await redis.flushdb()
@@ -112,28 +105,37 @@ async def latency(
     return [(arrivals[eid] - at) * 1000 for eid, at in appended.items()]
 
 
-async def memory(redis: aioredis.Redis) -> str:
+async def memory(redis: aioredis.Redis) -> dict[str, int]:
     key = Store(redis, STORE).events_key
-    length = await redis.xlen(key)
-    usage = await redis.memory_usage(key, samples=0) or 0
-    used = (await redis.info("memory"))["used_memory"]
+    return {
+        "outbox_entries": await redis.xlen(key),
+        "outbox_bytes": await redis.memory_usage(key, samples=0) or 0,
+        "used_memory": int((await redis.info("memory"))["used_memory"]),
+        "keys": await redis.dbsize(),
+    }
+
+
+def shown(m: dict[str, int]) -> str:
     return (
-        f"outbox {length:>7} entries, {usage / 2**20:5.1f} MiB (MEMORY USAGE); "
-        f"used_memory {used / 2**20:6.1f} MiB, {await redis.dbsize()} keys"
+        f"outbox {m['outbox_entries']:>7} entries, {m['outbox_bytes'] / 2**20:5.1f} MiB "
+        f"(MEMORY USAGE); used_memory {m['used_memory'] / 2**20:6.1f} MiB, {m['keys']} keys"
     )
 
 
-async def state_with_one_down(redis: aioredis.Redis, receiver: ReceiverClient, events: int) -> None:
+async def state_with_one_down(
+    redis: aioredis.Redis, receiver: Receiver, events: int
+) -> dict[str, Any]:
     await redis.flushdb()
     await receiver.reset()
-    healthy = subscription("healthy", f"{receiver.base}/hook/0", concurrency=50)
-    down = subscription("down", f"{receiver.base}/hook/1")
+    healthy = subscription("healthy", receiver.url(0), concurrency=50)
+    down = subscription("down", receiver.url(1))
     found = dispatcher(redis, [healthy, down])
     stop = asyncio.Event()
     await found.prepare(stop)  # both groups exist ...
     await found.apply([healthy, down.model_copy(update={"enabled": False})])  # ... one stops
     task = asyncio.create_task(found.run(stop))
-    print(f"  empty:                          {await memory(redis)}")
+    states = {"empty": await memory(redis)}
+    print(f"  empty:                          {shown(states['empty'])}")
     store = Store(redis, STORE)
     started = time.perf_counter()
     jobs = new_jobs(events)
@@ -148,47 +150,53 @@ async def state_with_one_down(redis: aioredis.Redis, receiver: ReceiverClient, e
         await asyncio.sleep(0.05)
     await found.trimmer.trim_once()
     print(f"  appended {events} in {appended:.1f} s; healthy had them all after {delivered:.1f} s")
-    owed = await backlog(redis, found.outbox_keys, "down")
-    print(f"  down owes {owed['events']} event(s), healthy owes "
+    owed = (await backlog(redis, found.outbox_keys, "down"))["events"]
+    print(f"  down owes {owed} event(s), healthy owes "
           f"{(await backlog(redis, found.outbox_keys, 'healthy'))['events']}")  # fmt: skip
-    print(f"  after a trim pass:              {await memory(redis)}")
+    states["after a trim pass"] = await memory(redis)
+    print(f"  after a trim pass:              {shown(states['after a trim pass'])}")
     await found.apply([healthy])  # `down` removed: its groups deleted
     found.trimmer.retention = 0.0  # (the config's minimum is 1h; the bench does not wait)
     await found.trimmer.trim_once()
-    print(f"  down removed, trim at 0 s:      {await memory(redis)}")
+    states["down removed, trim at 0 s"] = await memory(redis)
+    print(f"  down removed, trim at 0 s:      {shown(states['down removed, trim at 0 s'])}")
     stop.set()
     await task
+    return {"appended_s": appended, "delivered_s": delivered, "down_owes": owed, **states}
 
 
 async def main(events: int) -> None:
-    logging.disable(logging.CRITICAL)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    port = 18800 + (int(time.time()) % 100)
-    process = multiprocessing.Process(target=serve_receiver, args=(port, SECRET), daemon=True)
-    process.start()
-    receiver = ReceiverClient(f"http://127.0.0.1:{port}")
-    redis = open_redis(REDIS_URL)
+    harness.quiet_logs()
+    redis = open_redis(harness.REDIS_URL)
+    machine = await harness.describe_machine(redis)
     hole, hole_url = black_hole()
     try:
-        await receiver.wait_ready()
-        healthy = subscription("healthy", f"{receiver.base}/hook/0")
-        hole_sub = subscription("black-hole", hole_url, timeout="30s")
-        print(f"Healthy subscription latency, {LATENCY_RATE} events/s for {LATENCY_SECONDS} s:")
-        alone = await latency(redis, receiver, [healthy])
-        print(f"  alone:                   {percentiles(alone)}")
-        beside = await latency(redis, receiver, [healthy, hole_sub])
-        print(f"  beside a black hole:     {percentiles(beside)}")
-        print(f"State after {events} events with one subscription down:")
-        await state_with_one_down(redis, receiver, events)
+        async with harness.receiver() as receiver:
+            healthy = subscription("healthy", receiver.url(0))
+            hole_sub = subscription("black-hole", hole_url, timeout="30s")
+            print(f"Healthy subscription latency, {LATENCY_RATE} events/s for {LATENCY_SECONDS} s:")
+            alone = percentiles(await latency(redis, receiver, [healthy]))
+            print(f"  alone:                   {show(alone)}")
+            beside = percentiles(await latency(redis, receiver, [healthy, hole_sub]))
+            print(f"  beside a black hole:     {show(beside)}")
+            print(f"State after {events} events with one subscription down:")
+            state = await state_with_one_down(redis, receiver, events)
     finally:
         hole.close()
         await redis.flushdb()
         await redis.aclose()
-        await receiver.close()
-        process.terminate()
+    harness.write_results(
+        "isolation",
+        machine,
+        {
+            "settings": {"latency_rate": LATENCY_RATE, "latency_seconds": LATENCY_SECONDS},
+            "latency_ms": {"alone": alone, "beside a black hole": beside},
+            "one_subscription_down": {"events": events, **state},
+        },
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=EVENTS)
     asyncio.run(main(parser.parse_args().events))

@@ -6,10 +6,11 @@ import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-import redis.asyncio as aioredis
+from conftest import ON_BOTH, RedisTarget
 
 from bridge.events import event_id
 from bridge.jobs import Job
+from bridge.redisclient import open_redis
 from bridge.store import Observation, Store, event_from_outbox
 
 T0 = datetime(2024, 1, 5, 13, 46, 41, 695000, tzinfo=UTC)
@@ -32,8 +33,9 @@ async def outbox(store: Store) -> list[dict]:
     return [event_from_outbox(fields) for _id, fields in entries]
 
 
-async def test_first_sight_emits_with_null_previous_and_sequence_1(redis_client):
-    store = Store(redis_client, "us-main")
+@ON_BOTH
+async def test_first_sight_emits_with_null_previous_and_sequence_1(any_redis: RedisTarget):
+    store = Store(any_redis.client, "us-main")
     [outcome] = await store.observe([Observation(job())])
     assert (outcome.result, outcome.sequence, outcome.previous_status) == ("emitted", 1, None)
     [event] = await outbox(store)
@@ -46,8 +48,9 @@ async def test_first_sight_emits_with_null_previous_and_sequence_1(redis_client)
     assert event["data"]["job"]["created_at"] == "2024-01-05T13:46:41.695Z"
 
 
-async def test_baseline_records_silently_then_changes_emit(redis_client):
-    store = Store(redis_client, "s")
+@ON_BOTH
+async def test_baseline_records_silently_then_changes_emit(any_redis: RedisTarget):
+    store = Store(any_redis.client, "s")
     [outcome] = await store.observe([Observation(job(), silent=True, stall_reference_ms=1)])
     assert outcome.result == "recorded"
     assert await outbox(store) == []
@@ -67,8 +70,9 @@ async def test_baseline_records_silently_then_changes_emit(redis_client):
     assert await store.open_jobs("pcm") == {}
 
 
-async def test_unchanged_and_stale_observations_emit_nothing(redis_client):
-    store = Store(redis_client, "s")
+@ON_BOTH
+async def test_unchanged_and_stale_observations_emit_nothing(any_redis: RedisTarget):
+    store = Store(any_redis.client, "s")
     later = T0 + timedelta(seconds=5)
     await store.observe([Observation(job(status="started", updated=later))])
     outcomes = await store.observe(
@@ -82,9 +86,10 @@ async def test_unchanged_and_stale_observations_emit_nothing(redis_client):
     assert len(await outbox(store)) == 1
 
 
-async def test_late_started_read_after_success_is_refused(redis_client):
+@ON_BOTH
+async def test_late_started_read_after_success_is_refused(any_redis: RedisTarget):
     """Two pollers: one read `started`, the other `success`, same updated_at, either order."""
-    store = Store(redis_client, "s")
+    store = Store(any_redis.client, "s")
     started = job(status="started", updated=T0 + timedelta(seconds=1))
     success = dataclasses.replace(started, status="success", completed_at=T0 + timedelta(seconds=2))
     await store.observe([Observation(success)])
@@ -93,10 +98,11 @@ async def test_late_started_read_after_success_is_refused(redis_client):
     assert [e["data"]["status"] for e in await outbox(store)] == ["success"]
 
 
-async def test_racing_observers_give_each_transition_once(redis_url):
+@ON_BOTH
+async def test_racing_observers_give_each_transition_once(any_redis: RedisTarget):
     """Eight clients race over 200 jobs through their lifecycle; the outbox has no duplicate."""
-    clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(8)]
-    await clients[0].flushdb()
+    cluster = any_redis.cluster is not None
+    clients = [open_redis(any_redis.url, cluster=cluster) for _ in range(8)]
     stores = [Store(c, "race") for c in clients]
     lifecycle = ["pending", "started", "success"]
     try:
@@ -117,8 +123,9 @@ async def test_racing_observers_give_each_transition_once(redis_url):
             await c.aclose()
 
 
-async def test_stalled_is_emitted_once_per_open_phase(redis_client):
-    store = Store(redis_client, "s")
+@ON_BOTH
+async def test_stalled_is_emitted_once_per_open_phase(any_redis: RedisTarget):
+    store = Store(any_redis.client, "s")
     pending = job()
     await store.observe([Observation(pending, stall_reference_ms=0)])
     assert await store.mark_stalled(pending) is True
@@ -137,8 +144,9 @@ async def test_stalled_is_emitted_once_per_open_phase(redis_client):
     assert len({e["id"] for e in events}) == 4
 
 
-async def test_errors_and_file_locations_travel_with_the_event(redis_client):
-    store = Store(redis_client, "s")
+@ON_BOTH
+async def test_errors_and_file_locations_travel_with_the_event(any_redis: RedisTarget):
+    store = Store(any_redis.client, "s")
     failed = job(status="failed")
     await store.observe([Observation(failed, errors=[{"message": "sku: Must be unique."}])])
     [event] = await outbox(store)
@@ -146,8 +154,9 @@ async def test_errors_and_file_locations_travel_with_the_event(redis_client):
     assert "file_locations" not in event["data"]
 
 
-async def test_keys_share_one_hash_tag(redis_client):
-    store = Store(redis_client, "us-main")
+@ON_BOTH
+async def test_keys_share_one_hash_tag(any_redis: RedisTarget):
+    store = Store(any_redis.client, "us-main")
     keys = [store.jobs_key, store.open_key, store.meta_key, store.events_key]
     assert {k.split("}")[0] for k in keys} == {"jb:{us-main"}
 
@@ -160,20 +169,22 @@ async def _outbox_status_after_reading_two_of_five(client) -> dict:
     return await store.outbox_status("dispatch")
 
 
-async def test_outbox_status_reports_lag_and_pending(redis_client):
-    status = await _outbox_status_after_reading_two_of_five(redis_client)
+@ON_BOTH
+async def test_outbox_status_reports_lag_and_pending(any_redis: RedisTarget):
+    status = await _outbox_status_after_reading_two_of_five(any_redis.client)
     assert status == {"length": 5, "pending": 2, "lag": 3}
 
 
-async def test_outbox_lag_is_counted_when_redis_cannot_say(redis_client):
+@ON_BOTH
+async def test_outbox_lag_is_counted_when_redis_cannot_say(any_redis: RedisTarget):
     """XINFO GROUPS gives no lag on Redis before 7, nor after a deletion past the group's cursor
     on any version: the entries after the cursor are counted instead."""
-    store = Store(redis_client, "lag")
+    store = Store(any_redis.client, "lag")
     await store.observe([Observation(job(f"j{i}")) for i in range(5)])
-    await redis_client.xgroup_create(store.events_key, "dispatch", id="0")
-    await redis_client.xreadgroup("dispatch", "c1", {store.events_key: ">"}, count=2)
-    *_, last = await redis_client.xrange(store.events_key)
-    await redis_client.xdel(store.events_key, last[0])
-    [group] = await redis_client.xinfo_groups(store.events_key)
+    await any_redis.client.xgroup_create(store.events_key, "dispatch", id="0")
+    await any_redis.client.xreadgroup("dispatch", "c1", {store.events_key: ">"}, count=2)
+    *_, last = await any_redis.client.xrange(store.events_key)
+    await any_redis.client.xdel(store.events_key, last[0])
+    [group] = await any_redis.client.xinfo_groups(store.events_key)
     assert group["lag"] is None  # the server cannot say
     assert await store.outbox_status("dispatch") == {"length": 4, "pending": 2, "lag": 2}
