@@ -43,7 +43,7 @@ from bridge.store import Observation, Store, event_from_outbox
 STORE = "bench"
 EVENTS = harness.quick(2_000, 500)
 SUBSCRIPTION_COUNTS = (1, 2, 5, 10)
-REPEATS = harness.quick(2, 1)
+REPEATS = harness.quick(3, 1)
 CONCURRENCY = 10
 TARGET_RATIO = 0.8  # of the bare loop's rate (issue: delivery at the speed of the wire)
 TARGET_RATE = 5_000  # deliveries per second on the 2-core machine
