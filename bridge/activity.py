@@ -39,7 +39,7 @@ async def recent_events(
     entries.sort(key=lambda entry: entry[0], reverse=True)
     events = [event for _, _, event in entries[:count]]
     routes = [
-        [sub.name for sub in subscriptions if sub.enabled and _routed(sub, event)]
+        [sub.name for sub in subscriptions if sub.enabled and sub.filter.matches_event(event)]
         for event in events
     ]
     async with redis.pipeline(transaction=False) as pipe:
@@ -51,11 +51,6 @@ async def recent_events(
         _summary(event, {name: [json.loads(raw) for raw in next(found)] for name in names})
         for event, names in zip(events, routes, strict=True)
     ]
-
-
-def _routed(sub: SubscriptionBase, event: dict[str, Any]) -> bool:
-    data = event["data"]
-    return sub.filter.matches(data["store"], data["source"], data["job"]["type"], data["status"])
 
 
 def _summary(event: dict[str, Any], attempts: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

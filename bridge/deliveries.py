@@ -8,8 +8,9 @@ script or transaction here touches one subscription's keys only, so one cluster 
 from __future__ import annotations
 
 import json
+import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,22 @@ from bridge.keys import (
     retry_key,
 )
 from bridge.ordering import FINISH, finish_call
+
+RETRY_AFTER_MAX = 3600.0  # a destination may slow us down, but not park an event for days
+
+
+def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | None) -> float | None:
+    """Seconds until the next try after `attempt` failed tries, or None when none are left.
+
+    +-20 % jitter keeps many failed deliveries from coming due in one burst.
+    """
+    if attempt > len(schedule):
+        return None
+    delay = schedule[attempt - 1] * random.uniform(0.8, 1.2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, RETRY_AFTER_MAX))
+    return delay
+
 
 if TYPE_CHECKING:
     from bridge.config import BridgeConfig

@@ -24,9 +24,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from bridge.config import BridgeConfig, SubscriptionBase
-from bridge.deliveries import DAY, Bounds, Deliveries
+from bridge.deliveries import DAY, RETRY_AFTER_MAX, Bounds, Deliveries, retry_delay
 from bridge.keys import LEGACY_GROUP, group_name, store_key
-from bridge.lanes import DRAIN_SECONDS, LOOP_GRACE, RETRY_AFTER_MAX, Lane, matches, retry_delay
+from bridge.lanes import DRAIN_SECONDS, LOOP_GRACE, Lane
 from bridge.outbox import (
     Decoded,
     Trimmer,
@@ -279,6 +279,8 @@ async def replay_since(
         cursor = f"{int(since * 1000)}-0"
         while entries := await redis.xrange(key, min=cursor, count=REPLAY_BATCH):
             events = [event_from_outbox(fields) for _entry_id, fields in entries]
-            queued += await deliveries.enqueue(sub.name, (e for e in events if matches(sub, e)))
+            queued += await deliveries.enqueue(
+                sub.name, (e for e in events if sub.filter.matches_event(e))
+            )
             cursor = "(" + entries[-1][0]
     return queued

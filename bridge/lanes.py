@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ import structlog
 
 from bridge.attemptlog import AttemptLog
 from bridge.config import SubscriptionBase, format_duration
-from bridge.deliveries import Deliveries, Health, PendingRetry
+from bridge.deliveries import Deliveries, Health, PendingRetry, retry_delay
 from bridge.events import encode
 from bridge.keys import group_name
 from bridge.ordering import JobOrder
@@ -39,7 +38,6 @@ from bridge.workers import Workers
 
 log = structlog.get_logger(__name__)
 
-RETRY_AFTER_MAX = 3600.0  # a destination may slow us down, but not park an event for days
 HEALTH_CACHE_SECONDS = 1.0
 DRAIN_SECONDS = 10.0  # how long a stop waits for deliveries in flight
 ACK_EVERY = 0.05  # seconds between batched acknowledgements of handled outbox entries
@@ -49,26 +47,6 @@ RETRY_EVERY = 1.0  # seconds between looks at the retry schedule (a release look
 
 Entry = tuple[str, dict[str, str]]  # an outbox entry: its id and fields
 Wanted = tuple[str, dict[str, Any], bytes]  # an entry to deliver: id, event, body
-
-
-def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | None) -> float | None:
-    """Seconds until the next try after `attempt` failed tries, or None when none are left.
-
-    +-20 % jitter keeps many failed deliveries from coming due in one burst.
-    """
-    if attempt > len(schedule):
-        return None
-    delay = schedule[attempt - 1] * random.uniform(0.8, 1.2)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, RETRY_AFTER_MAX))
-    return delay
-
-
-def matches(sub: SubscriptionBase, event: dict[str, Any]) -> bool:
-    if sub.filter.matches_all:
-        return True
-    data = event["data"]
-    return sub.filter.matches(data["store"], data["source"], data["job"]["type"], data["status"])
 
 
 class Lane:
@@ -119,6 +97,7 @@ class Lane:
         # workers still have work meanwhile (a read per finished delivery costs more than it).
         self.refill = self.concurrency + batch // 2
         self.held: defaultdict[str, set[str]] = defaultdict(set)  # read, not acknowledged
+        self._read_failed = False  # entries may be ours in Redis and not in hand
         self._acks: defaultdict[str, list[str]] = defaultdict(list)
         self._room = asyncio.Event()
         self.workers = Workers(self.concurrency, self._delivery_failed, self._room.set)
@@ -144,7 +123,7 @@ class Lane:
         try:
             await self.sink.start()
             # Entries this consumer read before (a lane restarted in this process) go first.
-            await self._read(dict.fromkeys(self.outbox_keys, "0"), self.window, fresh=False)
+            await self._read_own_pending()
             for name, step, pause in (
                 ("consume", self._consume_once, 0.0),
                 ("ack", self._flush_acks, ACK_EVERY),
@@ -176,22 +155,40 @@ class Lane:
 
     # -- the outbox ----------------------------------------------------------------------
 
-    async def _read(self, streams: dict[str, str], count: int, *, fresh: bool) -> int:
-        """Read `streams` (key -> id) through the group and handle what came; how many
-        entries came. One XREADGROUP per hash slot on a cluster (bridge.slots)."""
-        found = await xreadgroup(self.redis, self.group, self.consumer, streams, count)
-        taken = 0
+    async def _read(self, streams: dict[str, str], count: int, *, fresh: bool) -> dict[str, str]:
+        """Read `streams` (key -> id) through the group (per slot: bridge.slots), handle what
+        is not in hand already; the newest id read from each stream. A failed read may have
+        been done, its reply lost (a node lost mid-pipeline): its entries are then taken
+        again from this consumer's pending list before the next read (_consume_once)."""
+        try:
+            found = await xreadgroup(self.redis, self.group, self.consumer, streams, count)
+        except BaseException:
+            self._read_failed = True
+            raise
+        newest: dict[str, str] = {}
         for keys, replies in found:
             if is_nogroup(replies):
                 await self._recover(replies, keys)
             elif not isinstance(replies, BaseException):
                 for key, entries in replies or ():
-                    await self._handle(key, [entry for entry in entries if entry[1]], fresh=fresh)
-                    taken += len(entries)
+                    held = self.held[key]
+                    mine = [e for e in entries if e[1] and e[0] not in held]
+                    await self._handle(key, mine, fresh=fresh)
+                    if entries:
+                        newest[key] = entries[-1][0]
         for _keys, failed in found:
             if isinstance(failed, BaseException) and not is_nogroup(failed):
+                self._read_failed = True
                 raise failed  # once what the other slots read is in hand
-        return taken
+        return newest
+
+    async def _read_own_pending(self) -> None:
+        """Take again the entries this consumer read and does not hold (its lane restarted,
+        or a read's reply was lost): its whole pending list, a batch at a time."""
+        self._read_failed = False
+        after = dict.fromkeys(self.outbox_keys, "0")
+        while after:
+            after = await self._read(after, self.batch, fresh=False)
 
     async def _recover(self, exc: BaseException, keys: list[str]) -> None:
         """The group is gone from `keys` (Redis, or the node of their slot, lost its data):
@@ -205,6 +202,8 @@ class Lane:
             await create_group(self.redis, key, self.group, "0")
 
     async def _consume_once(self) -> bool:
+        if self._read_failed:
+            await self._read_own_pending()
         if not await self._has_room():
             return True
         assert self._wake is not None
@@ -219,10 +218,10 @@ class Lane:
         await self._read_new()
         return True
 
-    async def _read_new(self) -> int:
-        """Read new entries, as many as there is room for; how many were taken."""
+    async def _read_new(self) -> bool:
+        """Read new entries, as many as there is room for; whether any came."""
         room = min(self.window - len(self.workers), self.batch)
-        return await self._read(dict.fromkeys(self.outbox_keys, ">"), room, fresh=True)
+        return bool(await self._read(dict.fromkeys(self.outbox_keys, ">"), room, fresh=True))
 
     async def _has_room(self) -> bool:
         """True when more deliveries may start; else wait until one ends (False)."""
@@ -262,7 +261,7 @@ class Lane:
                 self.stats["invalid_entries"] += 1
                 self._acks[key].append(entry_id)
                 continue
-            if not matches(self.sub, event):
+            if not self.sub.filter.matches_event(event):
                 self.stats["skipped"] += 1
                 self._acks[key].append(entry_id)
                 continue

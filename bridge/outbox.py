@@ -314,10 +314,7 @@ class Trimmer:
             if entry_id not in held and _order(entry_id) <= read_up_to:
                 continue  # the group had finished it
             event = event_from_outbox(fields)
-            data = event["data"]
-            if sub is not None and not sub.filter.matches(
-                data["store"], data["source"], data["job"]["type"], data["status"]
-            ):
+            if sub is not None and not sub.filter.matches_event(event):
                 continue
             await self.deliveries.dead_letter(name, event, 0, reason)
             count += 1

@@ -56,7 +56,7 @@ async def follow(
                             on_attempt(json.loads(fields["record"]))
                         continue
                     event = event_from_outbox(fields)
-                    if subscription is None or _matches(subscription, event):
+                    if subscription is None or subscription.filter.matches_event(event):
                         on_event(event)
 
 
@@ -64,11 +64,6 @@ async def _read(redis: aioredis.Redis, positions: dict[str, str]) -> list[Any]:
     """New entries after `positions`, waiting up to BLOCK (on a cluster: of one hash slot,
     read beside the others; the round ends with the last of them)."""
     return list(await redis.xread(positions, count=100, block=int(BLOCK * 1000)) or [])
-
-
-def _matches(sub: SubscriptionBase, event: dict[str, Any]) -> bool:
-    data = event["data"]
-    return sub.filter.matches(data["store"], data["source"], data["job"]["type"], data["status"])
 
 
 def event_line(event: dict[str, Any]) -> str:

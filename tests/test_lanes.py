@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from conftest import ON_BOTH, RedisTarget
 from helpers import eventually
@@ -28,9 +30,11 @@ from lanes_harness import (
 )
 from structlog.testing import capture_logs
 
+from bridge import lanes
 from bridge.deliveries import Deliveries
 from bridge.dispatcher import Dispatcher
 from bridge.keys import group_name
+from bridge.outbox import backlog
 from bridge.store import Store, event_from_outbox
 
 
@@ -244,3 +248,36 @@ async def test_the_delivery_state_of_before_lanes_is_taken_over(
     assert not await redis_client.exists("jb:retry", "jb:dlq", f"jb:delivery:hook:{retried}")
     [letter] = await Deliveries(redis_client).dead_letters()
     assert (letter.subscription, letter.event_id, letter.reason) == ("hook", "e-0", "old")
+
+
+@ON_BOTH
+async def test_entries_read_by_a_read_whose_reply_was_lost_are_delivered_at_once(
+    aiohttp_server: ServerFactory, any_redis: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read can be done in Redis and its reply lost (on a cluster: a node lost in the middle
+    of the pipeline of per-slot reads): the entries are the lane's consumer's, not in hand.
+    They are taken again from its pending list at the next step, not after claim_idle."""
+    target = await endpoint(aiohttp_server)
+    found = dispatcher(any_redis.client, [hook("hook", target)], STORES, claim_idle=600.0)
+    real_read = lanes.xreadgroup
+    lost: list[int] = []
+
+    async def read_then_lose_the_reply(*args: Any, **kwargs: Any) -> Any:
+        replies = await real_read(*args, **kwargs)
+        if not lost and any(entries for _keys, reply in replies for _key, entries in reply or ()):
+            lost.append(1)
+            raise ConnectionError("Connection lost (the test dropped the reply)")
+        return replies
+
+    monkeypatch.setattr(lanes, "xreadgroup", read_then_lose_the_reply)
+    async with dispatching(found):
+        ids = await emit_each(any_redis.client, 3)
+        await eventually(lambda: delivered_all(target, ids), 10, "the deliveries")
+
+        async def acknowledged() -> bool:
+            return (await backlog(any_redis.client, found.outbox_keys, "hook"))["events"] == 0
+
+        await eventually(acknowledged, 5, "the acknowledgements")
+    assert lost  # a reply was lost, the entries were in Redis's hands only
+    assert target.counts() == dict.fromkeys(ids, 1)
+    assert found.stats["claimed"] == 0

@@ -5,7 +5,8 @@ Each sink module defines its own subscription model on this base (bridge.sinks.r
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -46,6 +47,13 @@ class Filter(Model):
             and self.job_types is None
             and self.statuses is None
         )
+
+    def matches_event(self, event: Mapping[str, Any]) -> bool:
+        """Whether one of the bridge's CloudEvents passes this filter."""
+        if self.matches_all:
+            return True
+        data = event["data"]
+        return self.matches(data["store"], data["source"], data["job"]["type"], data["status"])
 
     def matches(self, store: str, source: str, job_type: str, status: str) -> bool:
         return all(
