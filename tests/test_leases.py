@@ -199,12 +199,17 @@ async def test_a_write_under_a_stale_lease_is_refused(redis_client):
 
 async def test_a_holder_whose_write_is_fenced_stops_and_logs_lease_lost(redis_client):
     class Writer(FakePoller):
+        ended = False
+
         async def run(self, stop: asyncio.Event) -> None:
             store = Store(redis_client, self.store.name)
-            while not stop.is_set():
-                self.cycles += 1
-                await store.observe([Observation(job(f"j{self.cycles}"))], fence=self.fence)
-                await asyncio.sleep(0.02)
+            try:
+                while not stop.is_set():
+                    self.cycles += 1
+                    await store.observe([Observation(job(f"j{self.cycles}"))], fence=self.fence)
+                    await asyncio.sleep(0.02)
+            finally:
+                self.ended = True
 
     writer = Writer(SimpleNamespace(name="taken"))
     leases = Leases(redis_client, "holder", TTL)
@@ -218,7 +223,8 @@ async def test_a_holder_whose_write_is_fenced_stops_and_logs_lease_lost(redis_cl
                 lambda: any(e["event"] == "lease_lost" for e in logs), 2, "lease_lost logged"
             )
             cycles = writer.cycles
-            await asyncio.sleep(0.3)
+            # The fence: the poller's run has ended (it raised on the fenced write).
+            await eventually(lambda: writer.ended, 2, "the writer's end")
             assert writer.cycles == cycles  # not one write more
             assert not leases.held()
     lost = next(e for e in logs if e["event"] == "lease_lost")

@@ -103,11 +103,15 @@ async def test_parked_events_outlive_a_crash(
     await move(redis_client, a, "started", "success")
     await eventually(lambda: first.stats["parked"] == 1, 5, "the success parked")
     await eventually(lambda: first.counts["ordered"]["retries_scheduled"] == 1, 5, "a retry")
-    await asyncio.sleep(0.2)  # the acknowledgements flushed (every 50 ms)
+    outbox = Store(redis_client, STORE).events_key
+
+    async def acknowledged() -> bool:  # (flushed every 50 ms)
+        return (await redis_client.xpending(outbox, group_name("ordered")))["pending"] == 0
+
+    await eventually(acknowledged, 5, "the acknowledgements")
     task.cancel()  # a crash: no drain, no goodbye
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    outbox = Store(redis_client, STORE).events_key
     assert (await redis_client.xpending(outbox, group_name("ordered")))["pending"] == 0
     assert await redis_client.zcard(retry_key("ordered")) == 1  # started, due in about 1 s
     assert await redis_client.hlen(parked_key("ordered")) == 1  # success
@@ -147,7 +151,7 @@ async def test_replicas_draining_a_backlog_keep_each_job_in_order(
 
 
 async def test_a_batch_waits_while_an_older_one_of_another_replica_is_not_admitted(
-    redis_client: aioredis.Redis,
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = Store(redis_client, STORE)
     group = group_name("ordered")
@@ -161,9 +165,17 @@ async def test_a_batch_waits_while_an_older_one_of_another_replica_is_not_admitt
     [[_, [(second, fields2)]]] = await redis_client.xreadgroup(
         group, "b", {store.events_key: ">"}, count=1
     )
+    looks: list[str] = []  # the fence: wait_turn looked at the group's pending list again
+    pending_range = redis_client.xpending_range
+
+    async def look(*args: Any, **kwargs: Any) -> Any:
+        looks.append(args[0])
+        return await pending_range(*args, **kwargs)
+
+    monkeypatch.setattr(redis_client, "xpending_range", look)
     order = JobOrder(redis_client, "ordered", group)
     waiting = asyncio.create_task(order.wait_turn(store.events_key, second, asyncio.Event()))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: len(looks) >= 3, 5, "three looks at the pending list")
     assert not waiting.done()  # consumer a holds the older entry, not yet admitted
     pending, started = event_from_outbox(fields1), event_from_outbox(fields2)
     assert await order.admit(store.events_key, [(pending, encode(pending))], first) == [True]
