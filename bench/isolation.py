@@ -25,11 +25,10 @@ from typing import Any
 import harness
 import redis.asyncio as aioredis
 from harness import SECRET, Receiver
-from webhook_throughput import STORE, new_jobs
+from webhook_throughput import STORE, append_steadily, new_jobs
 
 from bridge.app import open_redis
 from bridge.dispatcher import Dispatcher
-from bridge.events import event_id
 from bridge.outbox import backlog
 from bridge.sinks.base import SinkContext
 from bridge.sinks.registry import build_sink
@@ -89,15 +88,7 @@ async def latency(
     task = asyncio.create_task(found.run(stop))
     store = Store(redis, STORE)
     total = int(LATENCY_RATE * LATENCY_SECONDS)
-    jobs = new_jobs(total)
-    appended: dict[str, float] = {}
-    begin = time.monotonic()
-    for i, job in enumerate(jobs):
-        delay = begin + i / LATENCY_RATE - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        appended[event_id(STORE, "pcm", job.id, "pending")] = time.time()
-        await store.observe([Observation(job)])
+    appended = await append_steadily(store, total, LATENCY_RATE)
     await receiver.wait_for(total)
     arrivals = await receiver.arrivals()
     stop.set()

@@ -167,6 +167,20 @@ async def bridge_run(
     return watch
 
 
+async def append_steadily(store: Store, count: int, rate: float) -> dict[str, float]:
+    """`count` new jobs' events appended one by one, `rate` per second: event id -> when
+    (epoch seconds, taken before the append)."""
+    appended: dict[str, float] = {}
+    begin = time.monotonic()
+    for i, job in enumerate(new_jobs(count)):
+        delay = begin + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        appended[event_id(store.name, "pcm", job.id, "pending")] = time.time()
+        await store.observe([Observation(job)])
+    return appended
+
+
 async def latency_run(redis: aioredis.Redis, rx: harness.Receiver) -> list[float]:
     """Milliseconds from outbox append to arrival, for events appended at a steady rate."""
     await redis.flushdb()
@@ -178,14 +192,7 @@ async def latency_run(redis: aioredis.Redis, rx: harness.Receiver) -> list[float
     task = asyncio.create_task(bridge.dispatcher.run(stop))
     await asyncio.sleep(0.5)  # the lanes' first reads under way
     total = int(LATENCY_RATE * LATENCY_SECONDS)
-    appended: dict[str, float] = {}
-    begin = time.monotonic()
-    for i, job in enumerate(new_jobs(total)):
-        delay = begin + i / LATENCY_RATE - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        appended[event_id(STORE, "pcm", job.id, "pending")] = time.time()
-        await store.observe([Observation(job)])
+    appended = await append_steadily(store, total, LATENCY_RATE)
     await rx.wait_for(total)
     stop.set()
     await task
