@@ -53,11 +53,16 @@ class Endpoint:
         return Counter({eid: len(times) for eid, times in self.arrivals.items()})
 
 
-async def endpoint(aiohttp_server: ServerFactory, **options: Any) -> Endpoint:
-    found = Endpoint(**options)
+async def serve(aiohttp_server: ServerFactory, found: Any) -> Any:
+    """`found.handle` served at POST /hook; its address in `found.url`."""
     app = web.Application()
     app.router.add_post("/hook", found.handle)
     found.url = str((await aiohttp_server(app)).make_url("/hook"))
+    return found
+
+
+async def endpoint(aiohttp_server: ServerFactory, **options: Any) -> Endpoint:
+    found: Endpoint = await serve(aiohttp_server, Endpoint(**options))
     return found
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from lanes_harness import STORE, ServerFactory, hook
+from lanes_harness import STORE, ServerFactory, hook, serve
 
 from bridge.events import event_id
 from bridge.jobs import Job, JobStatus
@@ -63,10 +63,7 @@ class JobReceiver:
 
 
 async def receiver(aiohttp_server: ServerFactory, **options: Any) -> JobReceiver:
-    found = JobReceiver(**options)
-    app = web.Application()
-    app.router.add_post("/hook", found.handle)
-    found.url = str((await aiohttp_server(app)).make_url("/hook"))
+    found: JobReceiver = await serve(aiohttp_server, JobReceiver(**options))
     return found
 
 
